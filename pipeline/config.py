@@ -1,0 +1,153 @@
+"""The run's configuration: a tree of per-stage dataclasses, loaded through OmegaConf.
+
+Where it sits: the entry point loads it once; each stage gets only its own sub-config.
+
+    cfg = load_config("configs/tiny.yaml", ["loss.env_coef=0.1"])
+
+Errors name the field: an unknown key gives the closest valid one, a wrong type names
+the key, an out-of-range value says the allowed range (``ConfigError``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from pipeline.advantages import AdvantageConfig
+from pipeline.learner.config import LearnerConfig, ModelConfig, OptimConfig, ParallelConfig
+from pipeline.losses import LossConfig
+
+
+class ConfigError(ValueError):
+    """A configuration problem, naming the dotted key it is about."""
+
+
+@dataclass
+class RunConfig:
+    name: str = "echo"  # run name (MLflow run name, run dir name)
+    output_dir: str = "runs"  # checkpoints, trajectories and the MLflow store go under it
+    seed: int = 1234  # seeds model init, task sampling and generation
+    steps: int = 10  # training steps
+
+    def check(self) -> list[tuple[str, str]]:
+        return [("steps", f"must be ≥ 0, got {self.steps}")] if self.steps < 0 else []
+
+
+@dataclass
+class RolloutConfig:
+    group_size: int = 8  # G samples per task (GRPO group)
+    tasks_per_step: int = 4  # tasks sampled per step
+    max_turns: int = 16  # action/observation turns per episode
+    temperature: float = 0.8  # sampling temperature
+
+    def check(self) -> list[tuple[str, str]]:
+        errs = []
+        if self.group_size < 2:
+            errs.append(("group_size", f"must be ≥ 2 (group-relative advantages), got {self.group_size}"))
+        for n in ("tasks_per_step", "max_turns"):
+            if getattr(self, n) < 1:
+                errs.append((n, f"must be ≥ 1, got {getattr(self, n)}"))
+        if self.temperature <= 0:
+            errs.append(("temperature", f"must be > 0, got {self.temperature}"))
+        return errs
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    advantages: AdvantageConfig = field(default_factory=AdvantageConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+
+
+def _check_keys(tree: Any, schema: type, prefix: str) -> None:
+    """Raise on the first key of ``tree`` that ``schema`` does not define."""
+    if not isinstance(tree, dict):
+        return
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
+            if not close:  # maybe it belongs one level up or down: search all dotted keys
+                close = difflib.get_close_matches(path, _all_keys(Config), n=1, cutoff=0.6)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+            else:
+                hint = f"; did you mean '{prefix}{close[0]}'?"
+            raise ConfigError(f"unknown config key '{path}'{hint}")
+        ftype = fields[key].type
+        sub = ftype if isinstance(ftype, type) else globals().get(str(ftype))
+        if sub is not None and dataclasses.is_dataclass(sub):
+            if not isinstance(value, dict):
+                raise ConfigError(f"'{path}' is a section ({sub.__name__}), got {value!r}")
+            _check_keys(value, sub, path + ".")
+
+
+def _all_keys(schema: type, prefix: str = "") -> list[str]:
+    out = []
+    for f in dataclasses.fields(schema):
+        sub = globals().get(str(f.type)) if not isinstance(f.type, type) else f.type
+        if sub is not None and dataclasses.is_dataclass(sub):
+            out += _all_keys(sub, f"{prefix}{f.name}.")
+        else:
+            out.append(prefix + f.name)
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """YAML recipe (optional) + dotlist overrides → validated ``Config``."""
+    layers = []
+    if path is not None:
+        if not Path(path).is_file():
+            raise ConfigError(f"config file not found: {path}")
+        layers.append(OmegaConf.load(path))
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"override {bad[0]!r} is not of the form key=value")
+    layers.append(OmegaConf.from_dotlist(list(overrides)))
+    for layer in layers:
+        _check_keys(OmegaConf.to_container(layer), Config, "")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), *layers)
+        cfg: Config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"config key '{key}': {msg}") from None
+    errors = [
+        f"{section.name}.{name} {msg}"
+        for section in dataclasses.fields(Config)
+        for name, msg in getattr(cfg, section.name).check()
+    ]
+    if errors:
+        raise ConfigError("invalid config: " + "; ".join(errors))
+    return cfg
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def flat_params(cfg: Config) -> dict[str, Any]:
+    """Dotted key → value, e.g. for tracking params."""
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if dataclasses.is_dataclass(node):
+            for f in dataclasses.fields(node):
+                walk(getattr(node, f.name), f"{prefix}{f.name}.")
+        else:
+            out[prefix[:-1]] = node
+
+    walk(cfg, "")
+    return out

@@ -1,0 +1,1 @@
+"""The Megatron-Core learner: model, per-token log-probs, train step, checkpoints."""

@@ -1,0 +1,85 @@
+"""Schemas of the learner's sub-configs (model, parallelism, optimizer, step)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class ModelConfig:
+    hf_config: str = "configs/models/qwen3-tiny.json"  # HF Qwen3 config.json (file or dir)
+    dtype: str = "float32"  # float32 | bfloat16 (params and activations; grads reduce in fp32)
+    init_std: float = 0.02  # std of the random init when no checkpoint is loaded
+    load: str = ""  # Megatron dist checkpoint dir to start from ("" = random init)
+
+    def check(self) -> list[tuple[str, str]]:
+        errs = []
+        if self.dtype not in ("float32", "bfloat16"):
+            errs.append(("dtype", f"must be float32 or bfloat16, got {self.dtype!r}"))
+        if self.init_std <= 0:
+            errs.append(("init_std", f"must be > 0, got {self.init_std}"))
+        return errs
+
+
+@dataclass
+class ParallelConfig:
+    tensor: int = 1  # tensor-parallel size
+    pipeline: int = 1  # pipeline-parallel size; data-parallel = world / (tensor · pipeline)
+    backend: str = "auto"  # auto (nccl with a GPU, gloo without) | nccl | gloo
+
+    def check(self) -> list[tuple[str, str]]:
+        errs = [(n, f"must be ≥ 1, got {getattr(self, n)}") for n in ("tensor", "pipeline")
+                if getattr(self, n) < 1]  # fmt: skip
+        if self.backend not in ("auto", "nccl", "gloo"):
+            errs.append(("backend", f"must be auto, nccl or gloo, got {self.backend!r}"))
+        return errs
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-6  # peak learning rate
+    min_lr: float = 0.0  # floor of the decay
+    warmup_steps: int = 0  # linear warmup from 0
+    decay_style: str = "constant"  # constant | linear | cosine (after warmup, to min_lr)
+    decay_steps: int = 1000  # length of the decay
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0  # global grad-norm clip; 0 = off
+
+    def check(self) -> list[tuple[str, str]]:
+        errs = []
+        if self.lr < 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            errs.append(("lr", f"need 0 ≤ min_lr ≤ lr, got lr={self.lr} min_lr={self.min_lr}"))
+        if self.decay_style not in ("constant", "linear", "cosine"):
+            errs.append(("decay_style", f"must be constant, linear or cosine, got {self.decay_style!r}"))
+        for n in ("warmup_steps", "weight_decay", "grad_clip"):
+            if getattr(self, n) < 0:
+                errs.append((n, f"must be ≥ 0, got {getattr(self, n)}"))
+        if self.decay_steps < 1:
+            errs.append(("decay_steps", f"must be ≥ 1, got {self.decay_steps}"))
+        return errs
+
+
+@dataclass
+class LearnerConfig:
+    micro_batch_tokens: int = 8192  # token budget of one packed micro-batch
+    logprob_impl: str = "auto"  # auto (te on GPU, chunked on CPU) | te | chunked | megatron
+    logprob_chunk_rows: int = 64  # rows per chunk of the chunked log-prob kernel
+    temperature: float = 1.0  # logits ÷ T before log-softmax, for BOTH loss terms (ref code: 0.8)
+    checkpoint_every: int = 0  # steps between checkpoints (0 = only at the end)
+
+    def check(self) -> list[tuple[str, str]]:
+        errs = []
+        if self.micro_batch_tokens < 8 or self.micro_batch_tokens % 8:
+            errs.append(("micro_batch_tokens", f"must be a positive multiple of 8, got {self.micro_batch_tokens}"))
+        if self.logprob_impl not in ("auto", "te", "chunked", "megatron"):
+            errs.append(("logprob_impl", f"must be auto, te, chunked or megatron, got {self.logprob_impl!r}"))
+        if self.logprob_chunk_rows < 1:
+            errs.append(("logprob_chunk_rows", f"must be ≥ 1, got {self.logprob_chunk_rows}"))
+        if self.temperature <= 0:
+            errs.append(("temperature", f"must be > 0, got {self.temperature}"))
+        if self.checkpoint_every < 0:
+            errs.append(("checkpoint_every", f"must be ≥ 0, got {self.checkpoint_every}"))
+        return errs

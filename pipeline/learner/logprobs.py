@@ -1,0 +1,149 @@
+"""Per-token log-probs of the realized tokens from vocab-parallel logits, no full softmax.
+
+Where it sits: learner forward (output layer) → **token_logprobs** → losses (both terms).
+
+One call gives ``log p(target_i)`` for every position from the local vocab shard
+``logits: [N, V/tp]``. Implementations (``impl``):
+
+- ``te``: Transformer Engine's ``parallel_cross_entropy`` (Triton, TP group) through
+  Megatron-Core's wrapper. GPU only. It writes the gradient into the logits buffer in
+  place, so no [N × V] fp32 tensor is ever materialized.
+- ``chunked``: ours, for CPU (and any device without TE). Same contract as TE's
+  kernel: fp32 math on ``chunk_rows`` rows at a time (extra memory O(chunk_rows · V)),
+  log-sum-exp combined across TP ranks with one all-gather of [N] floats, and the
+  backward writes ``g · (onehot - softmax) / T`` into the logits buffer in place. The
+  forward never modifies its input. Because the backward reuses the logits buffer, the
+  logits must not be needed by anything else after this call (autograd raises if they
+  are: the buffer's version counter changes).
+- ``megatron``: Megatron-Core's ``vocab_parallel_cross_entropy``. It computes in fp32
+  and subtracts the max *in place* on fp32 input, so fp32 logits are cloned first
+  (the guard); it keeps a full fp32 softmax for backward (≈ 2–4 × the bf16 logits bytes).
+
+``temperature``: logits are divided by T before the softmax (the reference code uses the
+sampling temperature; plain CE is T = 1). ``vocab_size``: columns at or past the true
+vocabulary (padding for TP divisibility) are excluded from the softmax.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def _tp(group) -> tuple[int, int]:
+    if group is None or not dist.is_initialized():
+        return 1, 0
+    return dist.get_world_size(group), dist.get_rank(group)
+
+
+class _ChunkedTokenLogprob(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, targets, tp_group, vocab_size, temperature, chunk_rows):
+        # logits: [N, Vl] local shard; targets: [N] global token ids
+        N, Vl = logits.shape
+        tp_size, tp_rank = _tp(tp_group)
+        start = tp_rank * Vl
+        valid = max(0, min(Vl, vocab_size - start))  # real (unpadded) columns of this shard
+        local = targets - start
+        in_shard = (local >= 0) & (local < valid)
+        local = torch.where(in_shard, local, torch.zeros_like(local))
+        lse = torch.full((N,), float("-inf"), dtype=torch.float32, device=logits.device)
+        picked = torch.zeros(N, dtype=torch.float32, device=logits.device)
+        if valid > 0:
+            for i in range(0, N, chunk_rows):
+                x = logits[i : i + chunk_rows, :valid].float()
+                if temperature != 1.0:
+                    x = x / temperature
+                lse[i : i + chunk_rows] = torch.logsumexp(x, dim=-1)
+                picked[i : i + chunk_rows] = x.gather(1, local[i : i + chunk_rows, None]).squeeze(1)
+                del x
+        picked = torch.where(in_shard, picked, torch.zeros_like(picked))
+        if tp_size > 1:
+            gathered = [torch.empty_like(lse) for _ in range(tp_size)]
+            dist.all_gather(gathered, lse, group=tp_group)
+            lse = torch.logsumexp(torch.stack(gathered), dim=0)
+            dist.all_reduce(picked, group=tp_group)
+        ctx.save_for_backward(logits, local, in_shard, lse)
+        ctx.valid, ctx.temperature, ctx.chunk_rows = valid, temperature, chunk_rows
+        return picked - lse
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, local, in_shard, lse = ctx.saved_tensors
+        T, R, valid = ctx.temperature, ctx.chunk_rows, ctx.valid
+        grad = grad.float()
+        # d logp / d x_j = onehot_j - softmax_j, times 1/T for the temperature
+        for i in range(0, logits.shape[0], R):
+            rows = slice(i, i + R)
+            x = logits[rows, :valid].float()
+            if T != 1.0:
+                x = x / T
+            g = torch.exp(x - lse[rows, None]).mul_(-grad[rows, None])
+            del x
+            hit = (grad[rows] * in_shard[rows].float())[:, None]
+            g.scatter_add_(1, local[rows, None], hit)
+            if T != 1.0:
+                g.div_(T)
+            logits[rows, :valid].copy_(g)
+            del g
+        if valid < logits.shape[1]:
+            logits[:, valid:].zero_()
+        return logits, None, None, None, None, None
+
+
+def _mask_padding_(logits: torch.Tensor, vocab_size: int, tp_group) -> None:
+    """Set padded vocab columns to the dtype's minimum, in place (excluded from softmax)."""
+    _, tp_rank = _tp(tp_group)
+    Vl = logits.shape[-1]
+    valid = max(0, min(Vl, vocab_size - tp_rank * Vl))
+    if valid < Vl:
+        logits[..., valid:] = torch.finfo(logits.dtype).min
+
+
+def token_logprobs(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    tp_group=None,
+    vocab_size: int | None = None,
+    temperature: float = 1.0,
+    impl: str = "chunked",
+    chunk_rows: int = 64,
+) -> torch.Tensor:
+    """``log p(targets)`` under ``softmax(logits / T)``.
+
+    logits: [..., V/tp] (this rank's vocab shard, any float dtype); targets: [...] global ids.
+    Returns fp32 [...]. Differentiable w.r.t. ``logits``.
+    """
+    lead, Vl = logits.shape[:-1], logits.shape[-1]
+    tp_size, _ = _tp(tp_group)
+    vocab_size = Vl * tp_size if vocab_size is None else vocab_size
+    if impl == "chunked":
+        out = _ChunkedTokenLogprob.apply(
+            logits.reshape(-1, Vl), targets.reshape(-1), tp_group, vocab_size, temperature,
+            chunk_rows,
+        )  # fmt: skip
+        return out.view(lead)
+    if impl == "megatron":
+        from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+        x = logits / temperature if temperature != 1.0 else logits
+        if x.dtype == torch.float32 and x is logits:
+            x = x.clone()  # Megatron subtracts the max in place on fp32 input
+        if Vl * tp_size != vocab_size:
+            x = x.clone() if x is logits else x
+            _mask_padding_(x, vocab_size, tp_group)
+        return -vocab_parallel_cross_entropy(x, targets).float()
+    if impl == "te":
+        from megatron.core.extensions.transformer_engine import te_parallel_cross_entropy
+
+        if te_parallel_cross_entropy is None:
+            raise RuntimeError("logprob_impl=te needs Transformer Engine (GPU); use chunked")
+        if temperature != 1.0:
+            logits = logits / temperature
+        if Vl * tp_size != vocab_size:
+            _mask_padding_(logits, vocab_size, tp_group)
+        x = logits if logits.dim() == 3 else logits.reshape(-1, 1, Vl)
+        t = targets if targets.dim() == 2 else targets.reshape(-1, 1)
+        return -te_parallel_cross_entropy(x, t, tp_group).float().view(lead)
+    raise ValueError(f"unknown logprob impl {impl!r}")

@@ -1,0 +1,151 @@
+"""A Megatron-Core GPTModel built from an HF Qwen3 ``config.json``.
+
+Where it sits: learner. ``build_model`` → ``EchoGPTModel`` whose forward with ``labels``
+returns ``-log p(label)`` per position (from ``token_logprobs``), not a mean loss.
+
+Qwen3 → Megatron mapping: GQA (``num_key_value_heads`` → ``num_query_groups``), explicit
+``head_dim`` (→ ``kv_channels``), RMSNorm with ``rms_norm_eps``, QK-norm (per-head RMSNorm
+on q and k), SwiGLU MLP (``gated_linear_unit`` + SiLU), RoPE with ``rope_theta``, no
+linear biases, tied or untied embeddings. The vocabulary is padded to a multiple of
+the TP size only; padded columns are excluded from the softmax.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from megatron.core.models.gpt import GPTModel
+from megatron.core.transformer import TransformerConfig
+
+from pipeline.learner.logprobs import token_logprobs
+
+SUPPORTED_ARCHITECTURES = ("Qwen3ForCausalLM",)
+
+
+class ModelConfigError(ValueError):
+    """The HF config cannot be mapped (architecture, or heads not divisible by TP)."""
+
+
+def load_hf_config(path: str | Path) -> dict:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "config.json"
+    if not p.is_file():
+        raise ModelConfigError(f"no HF config at {path}")
+    cfg = json.loads(p.read_text())
+    arch = (cfg.get("architectures") or ["?"])[0]
+    if arch not in SUPPORTED_ARCHITECTURES or cfg.get("model_type") not in (None, "qwen3"):
+        raise ModelConfigError(
+            f"{p}: architecture {arch} / model_type {cfg.get('model_type')} is not supported "
+            f"(supported: {SUPPORTED_ARCHITECTURES})"
+        )
+    return cfg
+
+
+def padded_vocab_size(vocab_size: int, tp: int) -> int:
+    return -(-vocab_size // tp) * tp
+
+
+def transformer_config(
+    hf: dict,
+    *,
+    tp: int = 1,
+    pp: int = 1,
+    dtype: torch.dtype = torch.float32,
+    init_std: float = 0.02,
+    on_gpu: bool = False,
+) -> TransformerConfig:
+    heads, groups = hf["num_attention_heads"], hf.get("num_key_value_heads", hf["num_attention_heads"])
+    if heads % tp or groups % tp:
+        raise ModelConfigError(
+            f"TP={tp} must divide num_attention_heads={heads} and num_key_value_heads={groups}"
+        )
+    if hf["num_hidden_layers"] % pp:
+        raise ModelConfigError(f"PP={pp} must divide num_hidden_layers={hf['num_hidden_layers']}")
+    head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
+    return TransformerConfig(
+        num_layers=hf["num_hidden_layers"],
+        hidden_size=hf["hidden_size"],
+        ffn_hidden_size=hf["intermediate_size"],
+        num_attention_heads=heads,
+        num_query_groups=groups,
+        kv_channels=head_dim,
+        normalization="RMSNorm",
+        layernorm_epsilon=hf.get("rms_norm_eps", 1e-6),
+        qk_layernorm=True,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=bool(hf.get("attention_bias", False)),
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=init_std,
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
+        params_dtype=dtype,
+        bf16=dtype == torch.bfloat16,
+        pipeline_dtype=dtype,
+        # The ECHO loss is normalized by global counts before the schedule sees it.
+        calculate_per_token_loss=True,
+        variable_seq_lengths=pp > 1,
+        use_cpu_initialization=not on_gpu,
+        bias_activation_fusion=on_gpu,
+        masked_softmax_fusion=on_gpu,
+        bias_dropout_fusion=on_gpu,
+        apply_rope_fusion=False,
+        gradient_accumulation_fusion=False,
+        persist_layer_norm=on_gpu,
+        batch_p2p_comm=on_gpu,
+    )
+
+
+class EchoGPTModel(GPTModel):
+    """GPTModel whose ``labels`` forward returns ``-log p(label)`` [b, s] from one fused,
+    vocab-parallel call (``token_logprobs``) — both ECHO terms read this tensor."""
+
+    def set_logprob_options(self, *, vocab_size: int, temperature: float, impl: str, chunk_rows: int):
+        self._lp = dict(vocab_size=vocab_size, temperature=temperature, impl=impl, chunk_rows=chunk_rows)
+
+    def compute_language_model_loss(self, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        # labels [b, s]; logits [s, b, V/tp]
+        targets = labels.transpose(0, 1)
+        logp = token_logprobs(logits, targets, tp_group=self.pg_collection.tp, **self._lp)
+        return (-logp).transpose(0, 1).contiguous()
+
+
+def layer_spec(use_te: bool):
+    from megatron.core.models.gpt.gpt_layer_specs import (
+        get_gpt_layer_local_spec,
+        get_gpt_layer_with_transformer_engine_spec,
+    )
+
+    if use_te:
+        return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=True)
+    return get_gpt_layer_local_spec(qk_layernorm=True, normalization="RMSNorm")
+
+
+def te_available() -> bool:
+    try:
+        import transformer_engine  # noqa: F401
+    except Exception:
+        return False
+    return torch.cuda.is_available()
+
+
+def build_gpt(hf: dict, config: TransformerConfig, *, pre_process: bool, post_process: bool, use_te: bool) -> EchoGPTModel:
+    tp = config.tensor_model_parallel_size
+    return EchoGPTModel(
+        config=config,
+        transformer_layer_spec=layer_spec(use_te),
+        vocab_size=padded_vocab_size(hf["vocab_size"], tp),
+        max_sequence_length=hf.get("max_position_embeddings", 40960),
+        pre_process=pre_process,
+        post_process=post_process,
+        share_embeddings_and_output_weights=bool(hf.get("tie_word_embeddings", False)),
+        position_embedding_type="rope",
+        rotary_base=int(hf.get("rope_theta", 1_000_000)),
+        rotary_percent=1.0,
+    )
