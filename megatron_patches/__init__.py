@@ -12,6 +12,7 @@ from megatron_patches.common import PatchTargetMissing
 from megatron_patches.cpu_devices import apply as _apply_cpu_devices
 from megatron_patches.cpu_grad_clip import apply as _apply_cpu_grad_clip
 from megatron_patches.cpu_rng import apply as _apply_cpu_rng
+from megatron_patches.cpu_tied_embeddings import apply as _apply_cpu_tied_embeddings
 
 _APPLIED: list[str] = []
 
@@ -22,8 +23,9 @@ def apply_cpu_patches() -> list[str]:
         _apply_cpu_devices()
         _apply_cpu_rng()
         _apply_cpu_grad_clip()
+        _apply_cpu_tied_embeddings()
         _APPLIED.append("cpu")
-    return ["cpu_devices", "cpu_rng", "cpu_grad_clip"]
+    return ["cpu_devices", "cpu_rng", "cpu_grad_clip", "cpu_tied_embeddings"]
 
 
 __all__ = ["apply_cpu_patches", "PatchTargetMissing"]

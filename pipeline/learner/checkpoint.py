@@ -97,8 +97,9 @@ def latest(directory: str | Path) -> Path | None:
     return path if path.is_dir() else None
 
 
-def load(learner, directory: str | Path) -> int:
-    """Load the latest checkpoint under ``directory`` (or ``directory`` itself); returns its step."""
+def load(learner, directory: str | Path, *, model_only: bool = False) -> int:
+    """Load the latest checkpoint under ``directory`` (or ``directory`` itself); returns its
+    step. ``model_only``: weights only (start a new run from them; step 0 is returned)."""
     path = latest(directory) or Path(directory)
     if not (path / "metadata.json").is_file():
         raise FileNotFoundError(f"no Megatron dist checkpoint at {directory}")
@@ -106,6 +107,11 @@ def load(learner, directory: str | Path) -> int:
     same_layout = common.get("layout") == {
         "tp": learner.topo.tp, "pp": learner.topo.pp, "dp": learner.topo.dp,
     }  # fmt: skip
+    if model_only:
+        model_sd = learner.model.module.sharded_state_dict()
+        state = dist_checkpointing.load({"model": model_sd}, str(path))
+        learner.model.module.load_state_dict(state["model"])
+        return 0
     request = _sharded(learner, is_loading=True)
     if not same_layout:
         request.pop("rng_state")

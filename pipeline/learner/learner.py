@@ -110,6 +110,8 @@ class Learner:
             end_wd=optim_cfg.weight_decay, wd_incr_steps=1, wd_incr_style="constant",
         )  # fmt: skip
         self.step = 0  # optimizer steps taken = the policy version of the weights
+        if model_cfg.load:
+            self.load(model_cfg.load, model_only=True)
 
     # ---- one step -------------------------------------------------------------------
     def global_counts(self, micro_batches: list[MicroBatch]) -> LossCounts:
@@ -203,8 +205,9 @@ class Learner:
     def save(self, directory: str, step: int | None = None) -> None:
         checkpoint.save(self, directory, self.step if step is None else step)
 
-    def load(self, directory: str) -> int:
-        self.step = checkpoint.load(self, directory)
+    def load(self, directory: str, *, model_only: bool = False) -> int:
+        """Resume from the latest checkpoint in ``directory`` (``model_only``: weights only)."""
+        self.step = checkpoint.load(self, directory, model_only=model_only)
         return self.step
 
 

@@ -90,7 +90,8 @@ def transformer_config(
         pipeline_dtype=dtype,
         # The ECHO loss is normalized by global counts before the schedule sees it.
         calculate_per_token_loss=True,
-        variable_seq_lengths=pp > 1,
+        variable_seq_lengths=pp > 1,  # micro-batches are packed to different lengths
+        moe_token_dispatcher_type="alltoall",  # (no MoE) the only one allowing the above
         use_cpu_initialization=not on_gpu,
         bias_activation_fusion=on_gpu,
         masked_softmax_fusion=on_gpu,
