@@ -39,13 +39,16 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_smoke(cfg)
     if args.command == "train":
+        from pipeline.learner.smoke import run_smoke
+
         print(
-            "echo-rl train: the end-to-end loop (rollouts in sandboxes → learner → weight sync)\n"
-            "is not built yet (issue 7). What runs today: `echo-rl learner-smoke CONFIG`,\n"
-            "Megatron learner steps with the ECHO loss on synthetic trajectories.",
+            "echo-rl train: the rollout stage (vLLM/HF engines driving sandboxed terminal tasks)\n"
+            "and weight sync are not built yet (issues 5-7). Until they land, train runs the\n"
+            "real learner (Megatron-Core, fused log-probs, ECHO loss, checkpoints) on synthetic\n"
+            "trajectories shaped like terminal episodes.",
             file=sys.stderr,
         )
-        return 3
+        return run_smoke(cfg)
     return 1
 
 

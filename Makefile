@@ -1,0 +1,27 @@
+# The README's two commands: `make train` (the main job on the embedded default) and
+# `make test`. Both create .venv and install the pinned environment first.
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+
+$(VENV)/.installed: pyproject.toml requirements/ci.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements/ci.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $@
+
+.PHONY: setup train test test-fast bench
+setup: $(VENV)/.installed
+
+train: setup
+	$(VENV)/bin/echo-rl train configs/tiny.yaml $(ARGS)
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider $(ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+bench: setup
+	$(PY) tools/bench/echo_overhead.py
+	$(PY) tools/bench/logprob_memory.py
