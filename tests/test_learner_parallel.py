@@ -30,13 +30,18 @@ LAYOUTS = {
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("parity")
     torchrun(WORKER, 1, str(root / "init.json"), "--save", str(root / "init"), "--steps", "0", *COMMON)
-    out = {}
-    for name, (nproc, extra) in {"tp1": (1, []), **LAYOUTS}.items():
+    variants = {"tp1": (1, []), **LAYOUTS,
+                # ECHO with λ = 0 (a step schedule that has not switched on yet) vs GRPO
+                "grpo": (1, ["loss.mode=grpo"]),
+                "echo_zero": (1, ["loss.env_coef_schedule=step", "loss.schedule_start_step=100"])}
+    for name, (nproc, extra) in variants.items():
         torchrun(WORKER, nproc, str(root / f"{name}.json"), "--init", str(root / "init"),
                  "--steps", "2", "--save", str(root / name), *COMMON, *extra)  # fmt: skip
-        torchrun(WORKER, 1, str(root / "dump.json"), "--resume", str(root / name),
-                 "--dump", str(root / f"{name}.pt"), *COMMON)  # fmt: skip
-        out[name] = (json.loads((root / f"{name}.json").read_text()), torch.load(root / f"{name}.pt"))
+    dumps = [f"--dump={root / name}:{root / name}.pt" for name in [*variants, "init"]]
+    torchrun(WORKER, 1, str(root / "dump.json"), *dumps, *COMMON)
+    out = {name: (json.loads((root / f"{name}.json").read_text()), torch.load(root / f"{name}.pt"))
+           for name in variants}  # fmt: skip
+    out["init"] = torch.load(root / "init.pt")
     out["root"] = root
     return out
 
@@ -56,15 +61,19 @@ def test_layout_matches_tp1(runs, layout):
 
 def test_weights_actually_moved(runs):
     """Guards the parity test: two steps changed the weights well beyond its tolerance."""
-    import torch
-
     _, w = runs["tp1"]
-    root = runs["root"]
-    torchrun(WORKER, 1, str(root / "dump0.json"), "--init", str(root / "init"),
-             "--dump", str(root / "init.pt"), *COMMON)  # fmt: skip
-    w0 = torch.load(root / "init.pt")
-    moved = max((w[k] - w0[k]).abs().max().item() for k in w0)
+    moved = max((w[k] - runs["init"][k]).abs().max().item() for k in w)
     assert moved > 1e-4
+
+
+def test_echo_with_zero_env_coef_is_grpo(runs):
+    (g_hist, g_w), (e_hist, e_w) = runs["grpo"], runs["echo_zero"]
+    assert [h["env_coef"] for h in e_hist] == [0.0, 0.0]
+    assert [h["loss"] for h in e_hist] == [h["loss"] for h in g_hist]
+    for name in g_w:
+        assert torch.equal(g_w[name], e_w[name]), name
+    _, echo_w = runs["tp1"]  # λ = 0.05 does change the update
+    assert any(not torch.equal(echo_w[n], g_w[n]) for n in g_w)
 
 
 def test_resume_is_exact(runs, tmp_path):
@@ -75,8 +84,8 @@ def test_resume_is_exact(runs, tmp_path):
              "--save", str(tmp_path / "ck"), *COMMON)  # fmt: skip
     torchrun(WORKER, 2, str(tmp_path / "b.json"), "--resume", str(tmp_path / "ck"), "--steps", "1",
              "--save", str(tmp_path / "ck2"), *COMMON, "parallel.tensor=2")  # fmt: skip
-    torchrun(WORKER, 1, str(tmp_path / "d.json"), "--resume", str(tmp_path / "ck2"),
-             "--dump", str(tmp_path / "w.pt"), *COMMON)  # fmt: skip
+    torchrun(WORKER, 1, str(tmp_path / "d.json"), f"--dump={tmp_path / 'ck2'}:{tmp_path / 'w.pt'}",
+             *COMMON)  # fmt: skip
     resumed = json.loads((tmp_path / "b.json").read_text())[0]
     assert resumed["step"] == 1
     assert resumed["loss"] == pytest.approx(ref_hist[1]["loss"], rel=1e-6)

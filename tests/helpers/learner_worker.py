@@ -1,11 +1,11 @@
 """One learner run under torchrun, for the parity/resume tests (gloo on CPU).
 
     torchrun --nproc-per-node N tests/helpers/learner_worker.py OUT_JSON [--init DIR]
-        [--resume DIR] [--save DIR] [--dump FILE] [--steps K] [overrides...]
+        [--resume DIR] [--save DIR] [--dump DIR:FILE ...] [--steps K] [overrides...]
 
 Trains K steps on deterministic synthetic trajectories (step s uses seed s), each DP
 rank on its shard, and writes rank 0's per-step metrics to OUT_JSON. ``--dump`` writes
-the full (TP=PP=1) model state dict to FILE instead of training.
+each checkpoint's full model state dict (loaded at this layout) instead of training.
 """
 
 import argparse
@@ -22,7 +22,8 @@ def main() -> None:
     ap.add_argument("--init", default="", help="start from these weights (model only)")
     ap.add_argument("--resume", default="", help="resume model+optimizer+step from here")
     ap.add_argument("--save", default="", help="save a checkpoint here at the end")
-    ap.add_argument("--dump", default="", help="write the model state dict here (world 1)")
+    ap.add_argument("--dump", action="append", default=[],
+                    help="DIR:FILE (repeatable): load checkpoint DIR, write its model state dict to FILE")
     ap.add_argument("--steps", type=int, default=1)
     ap.add_argument("--num-trajectories", type=int, default=12)
     ap.add_argument("overrides", nargs="*")
@@ -44,9 +45,12 @@ def main() -> None:
     if args.resume:
         learner.load(args.resume)
     if args.dump:
-        state = {k: v.detach().clone() for k, v in learner.model.module.state_dict().items()
-                 if not k.endswith("_extra_state")}  # fmt: skip
-        torch.save(state, args.dump)
+        for pair in args.dump:
+            src, dst = pair.split(":")
+            learner.load(src, model_only=True)
+            state = {k: v.detach().clone() for k, v in learner.model.module.state_dict().items()
+                     if not k.endswith("_extra_state")}  # fmt: skip
+            torch.save(state, dst)
         Path(args.out).write_text("{}")
         return
     history = []
