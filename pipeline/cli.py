@@ -3,6 +3,7 @@
     echo-rl config configs/tiny.yaml loss.env_coef=0.1   # print the resolved config
     echo-rl train  configs/tiny.yaml loss.env_coef=0.1   # run a training job
     echo-rl learner-smoke configs/tiny.yaml              # learner steps on synthetic trajectories
+    echo-rl convert {mcore-to-hf,hf-to-mcore,verify} ... # checkpoints (tools/convert.py)
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     _add_config_args(sub.add_parser("train", help="run a training job"))
     smoke = sub.add_parser("learner-smoke", help="Megatron learner steps on synthetic trajectories")
     _add_config_args(smoke)
+    sub.add_parser("convert", help="checkpoint export/import/verify (tools/convert.py)", add_help=False)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["convert"]:
+        from tools.convert import main as convert_main
+
+        return convert_main(argv[1:])
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)

@@ -3,7 +3,8 @@
 Layout::
 
     DIR/step_000012/      dist checkpoint: model + optimizer (sharded, any TP/PP on load),
-                          common state: step, LR scheduler, per-rank RNG states
+                          common state: step, LR scheduler, per-rank RNG states, the
+                          model's HF config.json (so tools/convert needs nothing else)
     DIR/latest            text: "step_000012", written last (a crash mid-save leaves the
                           previous checkpoint as the latest)
 
@@ -78,6 +79,7 @@ def save(learner, directory: str | Path, step: int) -> Path:
     state["step"] = step
     state["scheduler"] = learner.scheduler.state_dict()
     state["layout"] = {"tp": learner.topo.tp, "pp": learner.topo.pp, "dp": learner.topo.dp}
+    state["hf_config"] = learner.hf  # lets tools/convert rebuild the model from the ckpt alone
     dist_checkpointing.save(state, str(tmp))
     _barrier()
     if _rank0():

@@ -127,6 +127,10 @@ class Learner:
 
     def _forward_step(self, data_iterator, model):
         mb: MicroBatch = next(data_iterator)
+        return self._run_model(mb, model), partial(self._loss_func, mb)
+
+    def _run_model(self, mb: MicroBatch, model) -> torch.Tensor:
+        """[1, S] -log p(target) on the last stage; hidden states on the others."""
         S = mb.num_tokens
         kwargs = {}
         if self.use_te:
@@ -141,11 +145,10 @@ class Learner:
             attention_mask = None
         else:
             attention_mask = block_causal_mask(mb.cu_seqlens, S).to(self.device)
-        nll = model(
+        return model(
             mb.input_ids.to(self.device), mb.position_ids.to(self.device), attention_mask,
             labels=mb.target_ids.to(self.device), **kwargs,
         )  # fmt: skip
-        return nll, partial(self._loss_func, mb)
 
     def _loss_func(self, mb: MicroBatch, nll: torch.Tensor):
         # nll: [1, S] = -log p(target) from the fused vocab-parallel call
@@ -200,6 +203,36 @@ class Learner:
         dist.all_reduce(vec, group=parallel_state.get_pipeline_model_parallel_group())
         dist.all_reduce(vec, group=parallel_state.get_data_parallel_group())
         return {k: float(v) for k, v in zip(names, vec.tolist())}
+
+    @torch.no_grad()
+    def logprobs(self, micro_batches: list[MicroBatch]) -> list[torch.Tensor]:
+        """Learner log p of every target token, one [S] fp32 tensor per micro-batch, on
+        every rank (forward only, through the same schedule and fused log-prob path).
+        Used for the sampler-vs-learner gap and the world-model probe."""
+        collected: list[torch.Tensor] = []
+
+        def collect(nll):
+            collected.append(-nll.reshape(-1).float())
+            return nll.sum(), {}
+
+        def forward_step(data_iterator, model):
+            return self._run_model(next(data_iterator), model), collect
+
+        self.model.eval()
+        get_forward_backward_func()(
+            forward_step_func=forward_step, data_iterator=iter(micro_batches),
+            model=[self.model], num_microbatches=len(micro_batches),
+            seq_length=max(mb.num_tokens for mb in micro_batches), micro_batch_size=1,
+            forward_only=True,
+        )  # fmt: skip
+        self.model.train()
+        out = []
+        last = parallel_state.get_pipeline_model_parallel_last_rank()
+        for i, mb in enumerate(micro_batches):
+            t = collected[i] if collected else torch.empty(mb.num_tokens, device=self.device)
+            dist.broadcast(t, src=last, group=parallel_state.get_pipeline_model_parallel_group())
+            out.append(t.cpu())
+        return out
 
     # ---- checkpoints ----------------------------------------------------------------
     def save(self, directory: str, step: int | None = None) -> None:

@@ -45,6 +45,19 @@ def load_hf_config(path: str | Path) -> dict:
     return cfg
 
 
+def rope_theta(hf: dict) -> float:
+    """transformers ≥ 5 nests it in ``rope_parameters``; 4.x has top-level ``rope_theta``."""
+    params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind != "default":
+        raise ModelConfigError(f"rope_type {kind!r} is not supported (only the default RoPE)")
+    return float(hf.get("rope_theta") or params.get("rope_theta") or 1_000_000)
+
+
+def hf_dtype(hf: dict) -> str:
+    return hf.get("torch_dtype") or hf.get("dtype") or "float32"
+
+
 def padded_vocab_size(vocab_size: int, tp: int) -> int:
     return -(-vocab_size // tp) * tp
 
@@ -66,6 +79,7 @@ def transformer_config(
     if hf["num_hidden_layers"] % pp:
         raise ModelConfigError(f"PP={pp} must divide num_hidden_layers={hf['num_hidden_layers']}")
     head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
+    rope_theta(hf)  # refuse unsupported RoPE variants early
     return TransformerConfig(
         num_layers=hf["num_hidden_layers"],
         hidden_size=hf["hidden_size"],
@@ -147,6 +161,6 @@ def build_gpt(hf: dict, config: TransformerConfig, *, pre_process: bool, post_pr
         post_process=post_process,
         share_embeddings_and_output_weights=bool(hf.get("tie_word_embeddings", False)),
         position_embedding_type="rope",
-        rotary_base=int(hf.get("rope_theta", 1_000_000)),
+        rotary_base=rope_theta(hf),
         rotary_percent=1.0,
     )

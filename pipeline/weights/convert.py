@@ -1,0 +1,137 @@
+"""Checkpoint conversion: Megatron dist checkpoint ⇄ HF directory, and verification.
+
+Used by ``tools/convert.py`` / ``echo-rl convert``. Runs as one process (world size 1):
+Megatron ``dist_checkpointing`` checkpoints are layout-free, so a checkpoint written
+here loads at any TP/PP (``--tp``/``--pp`` are checked against the model's head and
+layer counts), and any training checkpoint converts from here. The name mapping and
+the streaming are the ones the per-step weight sync uses.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from megatron.core import dist_checkpointing
+
+from pipeline.learner.checkpoint import latest
+from pipeline.learner.model import (
+    build_gpt, hf_dtype, load_hf_config, padded_vocab_size, transformer_config,
+)  # fmt: skip
+from pipeline.learner.parallel import init_parallel
+from pipeline.weights import qwen3
+from pipeline.weights.hf_io import HFWeights, atomic_dir, write_hf_dir
+from pipeline.weights.stream import stream_hf_weights
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ConversionError(ValueError):
+    """Bad input to a conversion (missing files, wrong architecture, bad layout)."""
+
+
+def _ckpt_path(ckpt: str | Path) -> Path:
+    path = latest(ckpt) or Path(ckpt)
+    if not (path / "metadata.json").is_file():
+        raise ConversionError(f"{ckpt}: not a Megatron dist checkpoint (no metadata.json)")
+    return path
+
+
+def _world1_model(hf: dict, dtype: torch.dtype):
+    init_parallel(1, 1, backend="gloo" if not torch.cuda.is_available() else "auto")
+    model = build_gpt(hf, transformer_config(hf, dtype=dtype), pre_process=True, post_process=True, use_te=False)
+    return model.eval()
+
+
+def load_mcore(ckpt: str | Path, dtype: torch.dtype | None = None):
+    """(model at TP=PP=1, hf config, step) from a dist checkpoint written by this project."""
+    path = _ckpt_path(ckpt)
+    common = dist_checkpointing.load_common_state_dict(str(path))
+    hf = common.get("hf_config")
+    if hf is None:
+        raise ConversionError(f"{path}: checkpoint has no hf_config (not written by echo-rl)")
+    dtype = dtype or DTYPES.get(hf_dtype(hf), torch.float32)
+    model = _world1_model(hf, dtype)
+    state = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(path))
+    model.load_state_dict(state["model"])
+    return model, hf, int(common.get("step", 0))
+
+
+def mcore_to_hf(ckpt: str | Path, out: str | Path, *, dtype: str | None = None,
+                tokenizer: str | None = None, max_shard_bytes: int = 2 << 30, progress: bool = True) -> Path:  # fmt: skip
+    model, hf, step = load_mcore(ckpt, DTYPES[dtype] if dtype else None)
+    hf_out = dict(hf, dtype=dtype or hf_dtype(hf))
+    hf_out.pop("torch_dtype", None)
+
+    def tensors():
+        from tqdm import tqdm
+
+        total = sum(p.numel() * p.element_size() for p in model.parameters())
+        bar = tqdm(total=total, desc="mcore-to-hf", unit="B", unit_scale=True, disable=not progress)
+        for bucket in stream_hf_weights(model, hf, version=step, bucket_bytes=64 << 20):
+            bar.update(bucket.nbytes)
+            yield from bucket.items
+        bar.close()
+
+    with atomic_dir(out) as tmp:
+        write_hf_dir(tmp, tensors(), hf_out, max_shard_bytes=max_shard_bytes, tokenizer_dir=tokenizer)
+    return Path(out)
+
+
+def hf_to_mcore(hf_dir: str | Path, out: str | Path, *, tp: int = 1, pp: int = 1, dtype: str | None = None) -> Path:
+    hf = load_hf_config(hf_dir)
+    try:
+        transformer_config(hf, tp=tp, pp=pp)  # the layout the user plans must be valid
+    except ValueError as e:
+        raise ConversionError(str(e)) from e
+    weights = HFWeights(hf_dir)
+    torch_dtype = DTYPES[dtype or hf_dtype(hf)]
+    model = _world1_model(hf, torch_dtype)
+    padded = padded_vocab_size(hf["vocab_size"], 1)
+    used = set()
+
+    def get(name):
+        used.add(name)
+        return weights.get(name)
+
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            full = qwen3.hf_to_mcore(name, get, hf, padded)
+            if full.shape != param.shape:
+                raise ConversionError(f"{name}: HF gives {tuple(full.shape)}, model needs {tuple(param.shape)}")
+            param.copy_(full.to(param.dtype))
+    tied_extra = {"lm_head.weight"} if hf.get("tie_word_embeddings") else set()
+    unused = sorted(set(weights.names()) - used - tied_extra)
+    if unused:
+        raise ConversionError(f"{hf_dir}: tensors the Qwen3 mapping does not use: {unused[:5]}")
+    with atomic_dir(out) as tmp:
+        step_dir = tmp / "step_000000"
+        step_dir.mkdir()
+        dist_checkpointing.save({"model": model.sharded_state_dict(), "step": 0, "hf_config": hf,
+                                 "layout": {"tp": 1, "pp": 1, "dp": 1}}, str(step_dir))  # fmt: skip
+        (tmp / "latest").write_text("step_000000")
+    return Path(out)
+
+
+def verify(hf_dir: str | Path, ckpt: str | Path, *, tokens: int = 64, seed: int = 0) -> float:
+    """Max |logit difference| of HF transformers vs the Megatron checkpoint (fp32, same tokens)."""
+    from transformers import AutoModelForCausalLM
+
+    hf_model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+    model, hf, _ = load_mcore(ckpt, torch.float32)
+    vocab = hf["vocab_size"]
+    if hf_model.config.vocab_size != vocab:
+        raise ConversionError(f"vocab sizes differ: HF {hf_model.config.vocab_size}, ckpt {vocab}")
+    ids = torch.randint(0, vocab, (1, tokens), generator=torch.Generator().manual_seed(seed))
+    pos = torch.arange(tokens)[None]
+    with torch.no_grad():
+        ref = hf_model(input_ids=ids).logits
+        got = model(ids, pos, None)[..., :vocab]
+    return float((ref - got).abs().max())
+
+
+def describe(ckpt: str | Path) -> str:
+    path = _ckpt_path(ckpt)
+    common = dist_checkpointing.load_common_state_dict(str(path))
+    return json.dumps({"path": str(path), "step": common.get("step"), "layout": common.get("layout")})
