@@ -67,6 +67,11 @@ class Learner:
         self.device = torch.device("cuda", torch.cuda.current_device()) if self.topo.on_gpu else torch.device("cpu")
         self.hf = load_hf_config(model_cfg.hf_config)
         dtype = torch.bfloat16 if model_cfg.dtype == "bfloat16" else torch.float32
+        if dtype == torch.bfloat16 and not self.topo.on_gpu:
+            raise ValueError(
+                "model.dtype=bfloat16 needs a GPU: Megatron-Core's mixed-precision optimizer "
+                "wraps CUDA tensors only. Use model.dtype=float32 on CPU."
+            )
         self.tconfig = transformer_config(
             self.hf, tp=self.topo.tp, pp=self.topo.pp, dtype=dtype, init_std=model_cfg.init_std,
             on_gpu=self.topo.on_gpu,

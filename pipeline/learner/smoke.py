@@ -45,6 +45,8 @@ def synthetic_trajectories(
 
 
 def run_smoke(cfg) -> int:
+    import torch.distributed
+
     from pipeline.learner.learner import Learner
 
     learner = Learner(cfg.model, cfg.parallel, cfg.optim, cfg.learner, cfg.loss, seed=cfg.run.seed)
@@ -56,6 +58,8 @@ def run_smoke(cfg) -> int:
         adv = group_advantages(trajs, cfg.advantages)
         shards = pack_micro_batches(trajs, adv, cfg.learner.micro_batch_tokens, num_shards=learner.topo.dp)
         m = learner.train_step(shards[learner.topo.dp_rank], step)
+        if torch.distributed.get_rank() != 0:
+            continue
         print(
             f"step {step}: loss {m['loss']:.4f} pg {m['pg_loss']:.4f} env_ce {m['env_ce']:.4f} "
             f"grad_norm {m['grad_norm']:.4f} tokens/s {m['tokens_per_s']:.0f}",

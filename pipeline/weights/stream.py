@@ -18,7 +18,9 @@ Mechanics: each PP stage's TP group all-gathers one parameter at a time; the TP-
 of the stage maps it to HF names (``qwen3.mcore_to_hf``) and broadcasts the tensors over
 its PP group to the global rank 0, which groups them into buckets of about
 ``bucket_bytes`` and yields them. Peak extra memory: one full parameter plus one bucket.
-Ranks other than global rank 0 yield nothing.
+Ranks other than global rank 0 yield nothing. Tensors may be views of the live
+parameters (no copy is made): a consumer copies them into its own weights before the
+learner's next optimizer step, which the ordering contract guarantees.
 """
 
 from __future__ import annotations
@@ -122,8 +124,7 @@ def stream_hf_weights(
             if not is_root:
                 continue
             for n, t in items:
-                t = t.to(dtype) if dtype is not None else t
-                t = t.detach().clone()
+                t = t.detach().to(dtype) if dtype is not None else t.detach()
                 digest.update(n, t)
                 pending.append((n, t))
                 size += t.numel() * t.element_size()
