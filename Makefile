@@ -14,8 +14,16 @@ $(VENV)/.installed: pyproject.toml requirements/ci.txt
 	$(PY) -c "import torch, megatron.core, vllm, transformers, mlflow"
 	touch $@
 
+# System packages for the sandboxes (bubblewrap, debootstrap) and the task root
+# filesystem built from Debian packages (cached under ~/.cache/echo-rl).
+$(VENV)/.system: tools/build_rootfs.sh | $(VENV)/.installed
+	@if ! command -v bwrap >/dev/null || ! command -v debootstrap >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap debootstrap; fi
+	bash tools/build_rootfs.sh
+	touch $@
+
 .PHONY: setup train test test-fast bench
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(VENV)/.system
 
 train: setup
 	$(VENV)/bin/echo-rl train configs/tiny.yaml $(ARGS)

@@ -27,7 +27,19 @@ def main(argv: list[str] | None = None) -> int:
     smoke = sub.add_parser("learner-smoke", help="Megatron learner steps on synthetic trajectories")
     _add_config_args(smoke)
     sub.add_parser("convert", help="checkpoint export/import/verify (tools/convert.py)", add_help=False)
+    sb = sub.add_parser("sandbox", help="run commands in a task's sandbox as the agent would")
+    sb_sub = sb.add_subparsers(dest="sandbox_command", required=True)
+    ex = sb_sub.add_parser("exec", help="print exactly the observation the agent would see for CMD")
+    sh = sb_sub.add_parser("shell", help="an interactive shell in a task's environment")
+    for p in (ex, sh):
+        p.add_argument("--backend", default="bwrap")
+        p.add_argument("--task", help="task directory (its environment/app seeds /app)")
+        p.add_argument("--config", help="YAML recipe whose sandbox section to use")
+    ex.add_argument("--timeout", type=float, help="per-command timeout in seconds")
+    ex.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ...")
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sandbox"]:
+        return _sandbox(parser.parse_args(argv))
     if argv[:1] == ["convert"]:
         from tools.convert import main as convert_main
 
@@ -57,6 +69,31 @@ def main(argv: list[str] | None = None) -> int:
         )
         return run_smoke(cfg)
     return 1
+
+
+def _sandbox(args) -> int:
+    from pathlib import Path
+
+    from pipeline.sandbox import SandboxError, make_backend
+
+    try:
+        cfg = load_config(args.config, [f"sandbox.backend={args.backend}"]).sandbox
+        backend = make_backend(cfg)
+        with backend.start(task_dir=Path(args.task) if args.task else None, episode="cli") as box:
+            if args.sandbox_command == "shell":
+                return box.shell()
+            cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+            if not cmd:
+                print("echo-rl sandbox exec: give a command after --", file=sys.stderr)
+                return 2
+            result = box.exec(" ".join(cmd), timeout_s=args.timeout)
+            for text, _kind in result.observation(cfg):
+                sys.stdout.write(text)
+            sys.stdout.write("\n")
+            return 0
+    except (ConfigError, SandboxError) as e:
+        print(f"echo-rl: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

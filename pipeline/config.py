@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pipeline.advantages import AdvantageConfig
 from pipeline.learner.config import LearnerConfig, ModelConfig, OptimConfig, ParallelConfig
 from pipeline.losses import LossConfig
+from pipeline.sandbox.base import SandboxConfig
 
 
 class ConfigError(ValueError):
@@ -68,6 +69,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     advantages: AdvantageConfig = field(default_factory=AdvantageConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
 
 
 def _check_keys(tree: Any, schema: type, prefix: str) -> None:

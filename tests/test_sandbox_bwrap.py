@@ -1,0 +1,178 @@
+"""The hostile-command suite on the bubblewrap backend (real bwrap, real Debian rootfs).
+
+CI installs bubblewrap + debootstrap and builds the rootfs (.ci/run); where either is
+missing locally these tests are skipped with the reason.
+"""
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.sandbox import SandboxConfig, SandboxError
+from pipeline.sandbox.bwrap import PREFIX, BwrapBackend, _Cgroup
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def rootfs():
+    if shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap is not installed (apt-get install bubblewrap)")
+    out = subprocess.run(["bash", str(ROOT / "tools/build_rootfs.sh")], capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip(f"no rootfs: {out.stderr[-300:]}")
+    return out.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture()
+def backend(rootfs, tmp_path):
+    cfg = SandboxConfig(rootfs=rootfs, timeout_s=5, output_bytes=1000, pids=64, memory_mb=256)
+    return BwrapBackend(cfg, root=tmp_path / "sandboxes")
+
+
+def _host_procs_matching(token: str) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if token in line and "ps -eo" not in line]
+
+
+def test_plain_commands_and_files_persist(backend):
+    with backend.start() as sb:
+        r = sb.exec("echo hello; python3 -c 'print(6*7)'; pwd")
+        assert (r.exit_code, r.output) == (0, "hello\n42\n/app\n")
+        assert sb.exec("echo data > f.txt").exit_code == 0
+        assert sb.exec("cat f.txt").output == "data\n"
+        assert sb.exec("exit 3").exit_code == 3
+        assert sb.exec("echo err >&2").output == "err\n"
+
+
+def test_network_access_fails(backend):
+    with backend.start() as sb:
+        r = sb.exec("python3 -c \"import socket; s=socket.socket(); s.settimeout(2); s.connect(('1.1.1.1', 80))\"")
+        assert r.exit_code != 0 and "Network is unreachable" in r.output
+        assert sb.exec("getent hosts deb.debian.org").exit_code != 0
+
+
+def test_fork_bomb_is_contained_and_leaves_nothing(backend):
+    with backend.start() as sb:
+        token = f"bomb{os.getpid()}"
+        r = sb.exec(f"{token}() {{ {token} | {token} & }}; {token}; sleep 1; echo survived")
+        assert r.exit_code is not None or r.timed_out
+        time.sleep(0.2)
+        assert _host_procs_matching(token) == []
+        assert sb.exec("echo still-usable").output == "still-usable\n"
+
+
+def test_background_processes_do_not_outlive_their_command(backend):
+    with backend.start() as sb:
+        marker = f"sleep {4242 + os.getpid() % 1000}"
+        assert sb.exec(f"{marker} & echo started").output == "started\n"
+        assert _host_procs_matching(marker) == []
+
+
+def test_huge_output_is_capped_with_a_notice(backend):
+    with backend.start() as sb:
+        start = time.monotonic()
+        r = sb.exec("head -c 1000000000 /dev/zero | tr '\\0' 'x'")
+        assert time.monotonic() - start < 5
+        assert len(r.output) == 1000 and r.truncated
+        notices = r.notices(backend.cfg)
+        assert any("output truncated" in n for n in notices)
+
+
+def test_timeout_kills_with_a_notice(backend):
+    with backend.start() as sb:
+        r = sb.exec("echo before; sleep 30", timeout_s=1)
+        assert r.timed_out and r.exit_code is None and r.output == "before\n"
+        assert r.duration_s < 3
+        assert any("timed out after" in n for n in r.notices(backend.cfg))
+        assert _host_procs_matching("sleep 30") == []
+
+
+def test_memory_limit(backend):
+    with backend.start() as sb:
+        r = sb.exec("python3 -c 'x = bytearray(1 << 30); print(len(x))'")
+        assert r.exit_code != 0 and "1073741824" not in r.output
+
+
+def test_rm_rf_root_leaves_host_and_next_episode_untouched(backend, tmp_path):
+    canary = tmp_path / "canary"
+    canary.write_text("alive")
+    with backend.start() as sb:
+        sb.exec("echo mine > mine.txt")
+        sb.exec("rm -rf --no-preserve-root / 2>/dev/null; true")
+        assert sb.exec("ls /app").output == ""  # it could only delete its own work dir
+    assert canary.read_text() == "alive"
+    with backend.start() as sb2:
+        r = sb2.exec("ls /usr/bin/python3 && ls /app | wc -l")
+        assert r.output == "/usr/bin/python3\n0\n"
+
+
+def test_host_files_are_invisible(backend, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOPSECRET")
+    with backend.start() as sb:
+        for path in (secret, Path.home(), ROOT / "pyproject.toml", Path("/etc/shadow")):
+            r = sb.exec(f"cat {path} 2>&1; ls {path} 2>&1")
+            assert "TOPSECRET" not in r.output and "echo-rl" not in r.output
+        assert sb.exec("cat /proc/1/cmdline | tr '\\0' ' '").output.startswith("bwrap")
+
+
+def test_tests_are_copied_in_after_the_agent(backend):
+    with backend.start() as sb:
+        assert sb.exec("ls /tests").output == ""
+        sb.put_files({"/tests/test.sh": b"#!/bin/bash\necho 1 > /logs/verifier/reward.txt\n"}, mode=0o755)
+        assert sb.exec("bash /tests/test.sh").exit_code == 0
+        assert sb.read_file("/logs/verifier/reward.txt") == b"1\n"
+        with pytest.raises(SandboxError):
+            sb.put_files({"/etc/passwd": b"x"})
+
+
+def test_orphans_of_a_killed_trainer_are_reaped(backend, tmp_path):
+    # a "trainer" that starts a sandbox running a long command and is SIGKILLed
+    script = tmp_path / "trainer.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from pipeline.sandbox import SandboxConfig\n"
+        "from pipeline.sandbox.bwrap import BwrapBackend\n"
+        f"b = BwrapBackend(SandboxConfig(rootfs={str(backend.rootfs)!r}, timeout_s=60), root={str(backend.root)!r})\n"
+        "sb = b.start()\n"
+        "print('ready', flush=True)\n"
+        "sb.exec('sleep 7777')\n"
+    )
+    proc = subprocess.Popen(["python3", str(script)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.5)
+    proc.kill()
+    proc.wait()
+    time.sleep(0.3)
+    assert _host_procs_matching("sleep 7777") == []  # --die-with-parent took the sandbox down
+    leftovers = list(backend.root.glob(f"{PREFIX}{proc.pid}-*"))
+    assert leftovers, "the killed trainer's episode dir should still be there before reaping"
+    assert backend.reap_orphans() >= 1
+    assert not list(backend.root.glob(f"{PREFIX}{proc.pid}-*"))
+    if backend.use_cgroup:
+        assert not any(d.exists() for d in _Cgroup(leftovers[0].name).dirs)
+
+
+def test_cli_prints_the_agents_observation(rootfs):
+    run = lambda *a: subprocess.run([str(Path(os.sys.executable).parent / "echo-rl"), "sandbox", "exec", *a],  # noqa: E731
+                                    capture_output=True, text=True, env=dict(os.environ))  # fmt: skip
+    r = run("--", "echo out; echo err >&2; exit 4")
+    assert r.returncode == 0 and r.stdout == "out\nerr\n[exit code: 4]\n"
+    r = run("--timeout", "1", "--", "printf partial; sleep 5")
+    assert r.stdout == "partial\n[command timed out after 1 s and was killed]\n"
+    r = run("--backend", "nope", "--", "ls")
+    assert r.returncode == 2 and "sandbox.backend must be bwrap or docker" in r.stderr
+
+
+def test_observation_segments_have_roles(backend):
+    with backend.start() as sb:
+        r = sb.exec("seq 1 2000")  # 8,893 bytes > the 1,000-byte cap, exits 0
+        segments = r.observation(backend.cfg)
+        assert [k for _, k in segments] == ["output", "output", "warning"]
+        assert segments[1][0].strip() == "[exit code: 0]" and "output truncated" in segments[2][0]
