@@ -4,6 +4,9 @@
     echo-rl train  configs/tiny.yaml loss.env_coef=0.1   # run a training job
     echo-rl learner-smoke configs/tiny.yaml              # learner steps on synthetic trajectories
     echo-rl convert {mcore-to-hf,hf-to-mcore,verify} ... # checkpoints (tools/convert.py)
+    echo-rl sandbox exec [--task DIR] [--timeout S] -- CMD # the observation the agent would see
+    echo-rl sandbox shell [--task DIR]                   # an interactive shell in a task's sandbox
+    echo-rl tasks generate --families all --n 4 --out DIR  # built-in task families → Harbor dirs
 """
 
 from __future__ import annotations
@@ -37,7 +40,26 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--config", help="YAML recipe whose sandbox section to use")
     ex.add_argument("--timeout", type=float, help="per-command timeout in seconds")
     ex.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ...")
+    tasks = sub.add_parser("tasks", help="task sets")
+    tasks_sub = tasks.add_subparsers(dest="tasks_command", required=True)
+    gen = tasks_sub.add_parser("generate", help="write generated tasks as Harbor task dirs")
+    gen.add_argument("--families", default="all", help="comma-separated family names, or all")
+    gen.add_argument("--n", type=int, default=1, help="instances per family")
+    gen.add_argument("--out", required=True)
+    gen.add_argument("--seed", type=int, default=0)
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["tasks"]:
+        from pipeline.tasks.generator import FAMILIES, generate
+
+        a = parser.parse_args(argv)
+        families = sorted(FAMILIES) if a.families == "all" else a.families.split(",")
+        try:
+            dirs = generate(families, a.n, a.out, seed=a.seed)
+        except ValueError as e:
+            print(f"echo-rl: {e}", file=sys.stderr)
+            return 2
+        print(f"wrote {len(dirs)} Harbor task dirs under {a.out}")
+        return 0
     if argv[:1] == ["sandbox"]:
         return _sandbox(parser.parse_args(argv))
     if argv[:1] == ["convert"]:
