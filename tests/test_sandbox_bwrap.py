@@ -176,3 +176,33 @@ def test_observation_segments_have_roles(backend):
         segments = r.observation(backend.cfg)
         assert [k for _, k in segments] == ["output", "output", "warning"]
         assert segments[1][0].strip() == "[exit code: 0]" and "output truncated" in segments[2][0]
+
+
+@pytest.fixture()
+def rlimit_backend(backend):
+    """The fallback for hosts without a writable cgroup hierarchy (a root trainer then runs
+    sandboxes as uid 65534, so the rootfs and the sandbox root must be reachable by it)."""
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="echo-rl-rlimit-", dir="/tmp"))
+    fallback = BwrapBackend(backend.cfg, root=root)
+    fallback.use_cgroup = False
+    if os.geteuid() == 0:
+        fallback.run_as = 65534
+        fallback._check_reachable_by(65534)
+    yield fallback
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_rlimit_fallback_contains_too(rlimit_backend):
+    with rlimit_backend.start() as sb:
+        assert sb.exec("echo ok > f; cat f").output == "ok\n"  # /app stays writable
+        r = sb.exec("python3 -c 'x = bytearray(1 << 30); print(len(x))'")
+        assert r.exit_code != 0 and "1073741824" not in r.output
+        token = f"fbomb{os.getpid()}"
+        r = sb.exec(f"{token}() {{ {token} | {token} & }}; {token}; sleep 1; echo done", timeout_s=3)
+        time.sleep(0.2)
+        assert _host_procs_matching(token) == []
+        assert sb.exec("getent hosts example.com").exit_code != 0
+        sb.put_files({"/tests/t.sh": b"echo 1 > /logs/verifier/reward.txt"})
+        assert sb.exec("bash /tests/t.sh").exit_code == 0

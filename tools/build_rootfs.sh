@@ -12,7 +12,9 @@ MIRROR=${ECHO_RL_DEBIAN_MIRROR:-$( (grep -h '^URIs:' /etc/apt/sources.list.d/*.s
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 recipe="$SUITE|$PACKAGES|minbase|v1"
 hash=$(printf '%s' "$recipe" | sha256sum | cut -c1-12)
-root=${1:-${ECHO_RL_CACHE:-$HOME/.cache/echo-rl}/rootfs-$hash}
+# root's default cache is world-traversable: an unprivileged sandbox user must reach it
+default_cache=$([ "$(id -u)" = 0 ] && echo /var/cache/echo-rl || echo "$HOME/.cache/echo-rl")
+root=${1:-${ECHO_RL_CACHE:-$default_cache}/rootfs-$hash}
 if [ -f "$root/.echo-rl-complete" ]; then echo "$root"; exit 0; fi
 command -v debootstrap >/dev/null || { echo "debootstrap is missing: apt-get install debootstrap" >&2; exit 1; }
 tmp="$root.tmp.$$"

@@ -7,8 +7,9 @@ writable ``/app`` (the task's work dir, persistent across the episode's commands
 capabilities dropped, a cleared environment. Nothing else of the host is visible.
 
 Limits: a per-episode cgroup (v1 ``pids`` and ``memory`` controllers) when the host lets
-us create one, else per-process rlimits (``RLIMIT_AS``; ``RLIMIT_NPROC`` only bites for a
-non-root caller). Per command: a wall-clock timeout (the whole process tree is killed),
+us create one, else per-process rlimits (``RLIMIT_AS``, ``RLIMIT_NPROC``; a root trainer
+then runs the sandbox as uid 65534, because root ignores ``RLIMIT_NPROC``; that limit
+counts all of that uid's processes on the host). Per command: a wall-clock timeout (the whole process tree is killed),
 an output cap (the rest is drained up to ``drain_bytes``, then the command is stopped),
 ``RLIMIT_FSIZE`` against disk floods.
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import resource
 import selectors
 import shutil
 import signal
@@ -84,7 +84,8 @@ class _Cgroup:
         return [str(d / "cgroup.procs") for d in self.dirs]
 
     def kill_all(self) -> None:
-        for _ in range(50):
+        delay = 0.0005  # exiting processes linger in cgroup.procs for well under a ms
+        for _ in range(60):
             pids = set()
             for d in self.dirs:
                 try:
@@ -98,7 +99,8 @@ class _Cgroup:
                     os.kill(p, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-            time.sleep(0.02)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
     def remove(self) -> None:
         self.kill_all()
@@ -110,8 +112,10 @@ class _Cgroup:
 
 
 class BwrapSandbox(Sandbox):
-    def __init__(self, cfg: SandboxConfig, rootfs: Path, episode_dir: Path, cgroup: _Cgroup | None):
+    def __init__(self, cfg: SandboxConfig, rootfs: Path, episode_dir: Path, cgroup: _Cgroup | None,
+                 run_as: int | None = None):  # fmt: skip
         self.cfg, self.rootfs, self.dir, self.cgroup = cfg, rootfs, episode_dir, cgroup
+        self.run_as = run_as  # uid/gid to drop to (rlimit fallback as root), None = caller's
         self.closed = False
 
     def _argv(self, command: str | None) -> list[str]:
@@ -128,20 +132,19 @@ class BwrapSandbox(Sandbox):
             "--", "/bin/bash", *(["-c", command] if command is not None else ["-i"]),
         ]  # fmt: skip
 
-    def _preexec(self):
-        cfg, procs = self.cfg, self.cgroup.procs_files() if self.cgroup else []
-
-        def setup():
-            for f in procs:
-                with open(f, "w") as fh:
-                    fh.write(str(os.getpid()))
-            resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 30, 1 << 30))
-            if not procs:  # no cgroup: per-process limits
-                mem = cfg.memory_mb << 20
-                resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-                resource.setrlimit(resource.RLIMIT_NPROC, (cfg.pids, cfg.pids))
-
-        return setup
+    def _launcher(self) -> list[str]:
+        """A bash prologue that joins the episode's cgroups and sets rlimits, then execs
+        bwrap. Doing this in a child shell (not a Python ``preexec_fn``) lets subprocess
+        use vfork: forking a trainer process that holds GBs of tensors costs far more."""
+        cfg = self.cfg
+        steps = [f'echo $$ > "{f}"' for f in (self.cgroup.procs_files() if self.cgroup else [])]
+        steps.append(f"ulimit -f {(1 << 30) // 512}")  # RLIMIT_FSIZE, in 512-byte blocks
+        if not self.cgroup:  # no cgroup: per-process limits
+            steps += [f"ulimit -v {cfg.memory_mb << 10}", f"ulimit -u {cfg.pids}"]
+        run = 'exec "$@"'
+        if self.run_as is not None:  # RLIMIT_NPROC does not bind root: run unprivileged
+            run = f'exec setpriv --reuid={self.run_as} --regid={self.run_as} --clear-groups "$@"'
+        return ["/bin/bash", "-c", " && ".join(steps + [run]), "echo-rl-sandbox"]
 
     def exec(self, command: str, *, timeout_s: float | None = None) -> ExecResult:
         if self.closed:
@@ -151,8 +154,8 @@ class BwrapSandbox(Sandbox):
         start = time.monotonic()
         try:
             proc = subprocess.Popen(
-                self._argv(command), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=self._preexec(),
+                self._launcher() + self._argv(command), stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         except OSError as e:
             raise SandboxError(f"bwrap could not start: {e}") from e
@@ -192,7 +195,7 @@ class BwrapSandbox(Sandbox):
 
     def shell(self) -> int:
         """An interactive shell in the episode's environment (same limits, no timeout)."""
-        return subprocess.call(self._argv(None), preexec_fn=self._preexec())
+        return subprocess.call(self._launcher() + self._argv(None))
 
     def _kill(self, proc: subprocess.Popen) -> None:
         try:
@@ -211,6 +214,8 @@ class BwrapSandbox(Sandbox):
             host.parent.mkdir(parents=True, exist_ok=True)
             host.write_bytes(data)
             host.chmod(mode)
+            if self.run_as is not None:
+                os.chown(host, self.run_as, self.run_as)
 
     def read_file(self, path: str) -> bytes | None:
         host = self.dir / path.lstrip("/")
@@ -235,12 +240,30 @@ class BwrapBackend(SandboxBackend):
             raise SandboxError(f"{self.rootfs} is not a root filesystem")
         self.root = Path(root or os.environ.get("ECHO_RL_SANDBOX_ROOT") or Path(tempfile.gettempdir()) / "echo-rl-sandboxes")
         self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o755)
         self.use_cgroup = _Cgroup.available()
+        # Without cgroups the process limit is RLIMIT_NPROC, which root ignores: drop to nobody.
+        self.run_as = 65534 if (not self.use_cgroup and os.geteuid() == 0) else None
+        if self.run_as is not None:
+            self._check_reachable_by(self.run_as)
         self.reap_orphans()
+
+    def _check_reachable_by(self, uid: int) -> None:
+        for path in (self.rootfs / "bin", self.root):
+            probe = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                                    "test", "-x", str(path)])  # fmt: skip
+            if probe.returncode != 0:
+                raise SandboxError(
+                    f"{path} is not reachable by uid {uid}, which runs the sandboxes on this host "
+                    "(no writable cgroup hierarchy): put the rootfs and ECHO_RL_SANDBOX_ROOT under "
+                    "world-traversable directories (e.g. /var/cache/echo-rl, /tmp/echo-rl-sandboxes)"
+                )
 
     @property
     def containment(self) -> str:
-        return "cgroup v1 (pids, memory)" if self.use_cgroup else "rlimits (AS, NPROC)"
+        if self.use_cgroup:
+            return "cgroup v1 (pids, memory)"
+        return "rlimits (AS, NPROC)" + (f", as uid {self.run_as}" if self.run_as is not None else "")
 
     def start(self, *, task_dir: Path | None = None, episode: str = "") -> BwrapSandbox:
         name = f"{PREFIX}{os.getpid()}-{next(_counter)}"
@@ -251,8 +274,11 @@ class BwrapBackend(SandboxBackend):
         if seed is not None and seed.is_dir():
             shutil.copytree(seed, d / "app", dirs_exist_ok=True, symlinks=True)
         (d / "owner").write_text(f"{os.getpid()} {episode}\n")
+        if self.run_as is not None:
+            for p in [d, *d.rglob("*")]:
+                os.chown(p, self.run_as, self.run_as, follow_symlinks=False)
         cg = _Cgroup.create(name, self.cfg.pids, self.cfg.memory_mb << 20) if self.use_cgroup else None
-        return BwrapSandbox(self.cfg, self.rootfs, d, cg)
+        return BwrapSandbox(self.cfg, self.rootfs, d, cg, self.run_as)
 
     def reap_orphans(self) -> int:
         reaped = 0
