@@ -14,12 +14,15 @@ $(VENV)/.installed: pyproject.toml requirements/ci.txt
 	$(PY) -c "import torch, megatron.core, vllm, transformers, mlflow"
 	touch $@
 
-# System packages for the sandboxes (bubblewrap, debootstrap) and the task root
-# filesystem built from Debian packages (cached under ~/.cache/echo-rl).
-$(VENV)/.system: tools/build_rootfs.sh | $(VENV)/.installed
+# System packages for the sandboxes (bubblewrap, debootstrap, podman), the task root
+# filesystem built from Debian packages (cached), and Podman serving the Docker API with
+# that rootfs imported as the base image. podman_setup.sh is idempotent and also runs on
+# every `make test` (a fresh boot has no Podman service running).
+$(VENV)/.system: tools/build_rootfs.sh tools/podman_setup.sh | $(VENV)/.installed
 	@if ! command -v bwrap >/dev/null || ! command -v debootstrap >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap debootstrap; fi
 	bash tools/build_rootfs.sh
+	bash tools/podman_setup.sh
 	touch $@
 
 .PHONY: setup train test test-fast bench
@@ -29,6 +32,7 @@ train: setup
 	$(VENV)/bin/echo-rl train configs/tiny.yaml $(ARGS)
 
 test: setup
+	@bash tools/podman_setup.sh >/dev/null
 	$(PY) -m pytest -q -p no:cacheprovider $(ARGS)
 
 test-fast: setup

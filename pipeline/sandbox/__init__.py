@@ -1,4 +1,4 @@
-"""Terminal sandboxes: one interface (``base``), backends ``bwrap`` (and ``docker``, planned)."""
+"""Terminal sandboxes: one interface (``base``), backends ``bwrap`` and ``docker``."""
 
 from pipeline.sandbox.base import ExecResult, Sandbox, SandboxBackend, SandboxConfig, SandboxError
 
@@ -8,7 +8,11 @@ def make_backend(cfg: SandboxConfig) -> SandboxBackend:
         from pipeline.sandbox.bwrap import BwrapBackend
 
         return BwrapBackend(cfg)
-    raise SandboxError(f"sandbox backend {cfg.backend!r} is not built yet (available: bwrap)")
+    if cfg.backend == "docker":
+        from pipeline.sandbox.docker import DockerBackend
+
+        return DockerBackend(cfg)
+    raise SandboxError(f"unknown sandbox backend {cfg.backend!r} (available: bwrap, docker)")
 
 
 __all__ = ["ExecResult", "Sandbox", "SandboxBackend", "SandboxConfig", "SandboxError", "make_backend"]
