@@ -91,3 +91,13 @@ def test_malformed_task_dirs_name_the_problem(tmp_path):
     (tmp_path / "instruction.md").write_text("x")
     with pytest.raises(TaskFormatError, match="task.toml"):
         load_task(tmp_path)
+
+
+def test_bwrap_refuses_dockerfiles_it_cannot_reproduce(backend, tmp_path):
+    from pipeline.sandbox import SandboxError
+
+    (task_dir,) = generate(["files_mkdir"], 1, tmp_path)
+    backend.start(task_dir=task_dir).close()  # the generated form is fine
+    (task_dir / "environment" / "Dockerfile").write_text("FROM debian:bookworm-slim\nRUN apt-get install -y jq\n")
+    with pytest.raises(SandboxError, match="use sandbox.backend=docker"):
+        backend.start(task_dir=task_dir)

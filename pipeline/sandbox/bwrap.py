@@ -266,6 +266,8 @@ class BwrapBackend(SandboxBackend):
         return "rlimits (AS, NPROC)" + (f", as uid {self.run_as}" if self.run_as is not None else "")
 
     def start(self, *, task_dir: Path | None = None, episode: str = "") -> BwrapSandbox:
+        if task_dir is not None:
+            check_dockerfile_supported(task_dir)
         name = f"{PREFIX}{os.getpid()}-{next(_counter)}"
         d = self.root / name
         for sub in ("app", "logs/verifier", "tests"):
@@ -294,6 +296,26 @@ class BwrapBackend(SandboxBackend):
             shutil.rmtree(d, ignore_errors=True)
             reaped += 1
         return reaped
+
+
+def check_dockerfile_supported(task_dir: Path) -> None:
+    """bwrap runs on the shared rootfs with ``environment/app`` copied into /app; a task
+    whose Dockerfile does more (RUN, other COPY targets, ENV, ...) needs the docker backend."""
+    dockerfile = task_dir / "environment" / "Dockerfile"
+    if not dockerfile.is_file():
+        return
+    for line in dockerfile.read_text().splitlines():
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        op = words[0].upper()
+        if op == "FROM" or (op == "WORKDIR" and words[1:] == ["/app"]) or \
+                (op == "COPY" and words[1:] in (["app/", "/app/"], ["app", "/app"])):  # fmt: skip
+            continue
+        raise SandboxError(
+            f"{dockerfile}: `{line.strip()}` cannot be reproduced by the bwrap backend "
+            "(it only seeds /app from environment/app); use sandbox.backend=docker"
+        )
 
 
 def _alive(pid: int) -> bool:

@@ -101,6 +101,16 @@ class DockerSandbox(Sandbox):
             duration_s=duration, timeout_s=timeout,
         )  # fmt: skip
 
+    def shell(self) -> int:
+        """An interactive shell in the episode's container (through the docker/podman CLI)."""
+        import shutil
+        import subprocess
+
+        cli = shutil.which("docker") or shutil.which("podman")
+        if cli is None:
+            raise SandboxError("an interactive shell needs the docker or podman CLI")
+        return subprocess.call([cli, "exec", "-it", "-w", self.cfg.workdir, self.container.id, "bash"])
+
     def put_files(self, files: dict[str, bytes], *, mode: int = 0o644) -> None:
         try:
             self.container.put_archive("/", _tar(files, mode))
