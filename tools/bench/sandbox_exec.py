@@ -76,17 +76,23 @@ def bench(name: str, args) -> None:
                   f"(ratio {rebuild / cached:.0f}x)")  # fmt: skip
     for k in (1, 4, 16):
         counts = [0] * k
-        stop = time.monotonic() + args.seconds
+        ready = threading.Barrier(k + 1)
+        stop = [0.0]
 
         def worker(j):
-            with backend.start() as box:
-                while time.monotonic() < stop:
+            with backend.start() as box:  # episode start is not part of the window
+                ready.wait()
+                ready.wait()
+                while time.monotonic() < stop[0]:
                     box.exec("echo x")
                     counts[j] += 1
 
         threads = [threading.Thread(target=worker, args=(j,)) for j in range(k)]
         for th in threads:
             th.start()
+        ready.wait()
+        stop[0] = time.monotonic() + args.seconds
+        ready.wait()
         for th in threads:
             th.join()
         print(f"{k:2d} episodes in flight: {sum(counts) / args.seconds:.0f} commands/s")
