@@ -83,10 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.learner.smoke import run_smoke
 
         print(
-            "echo-rl train: the rollout stage (vLLM/HF engines driving sandboxed terminal tasks)\n"
-            "and weight sync are not built yet (issues 5-7). Until they land, train runs the\n"
-            "real learner (Megatron-Core, fused log-probs, ECHO loss, checkpoints) on synthetic\n"
-            "trajectories shaped like terminal episodes.",
+            "echo-rl train: the agent loop with its generation engines (issue 6) and the\n"
+            "end-to-end loop (issue 7) are not built yet. Until they land, train runs the real\n"
+            "learner (Megatron-Core, fused log-probs, the ECHO loss) on synthetic trajectories\n"
+            "shaped like terminal episodes.",
             file=sys.stderr,
         )
         return run_smoke(cfg)
