@@ -20,8 +20,10 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.advantages import AdvantageConfig
+from pipeline.engines.base import EngineConfig
 from pipeline.learner.config import LearnerConfig, ModelConfig, OptimConfig, ParallelConfig
 from pipeline.losses import LossConfig
+from pipeline.rollout.loop import RolloutConfig
 from pipeline.sandbox.base import SandboxConfig
 
 
@@ -41,25 +43,6 @@ class RunConfig:
 
 
 @dataclass
-class RolloutConfig:
-    group_size: int = 8  # G samples per task (GRPO group)
-    tasks_per_step: int = 4  # tasks sampled per step
-    max_turns: int = 16  # action/observation turns per episode
-    temperature: float = 0.8  # sampling temperature
-
-    def check(self) -> list[tuple[str, str]]:
-        errs = []
-        if self.group_size < 2:
-            errs.append(("group_size", f"must be ≥ 2 (group-relative advantages), got {self.group_size}"))
-        for n in ("tasks_per_step", "max_turns"):
-            if getattr(self, n) < 1:
-                errs.append((n, f"must be ≥ 1, got {getattr(self, n)}"))
-        if self.temperature <= 0:
-            errs.append(("temperature", f"must be > 0, got {self.temperature}"))
-        return errs
-
-
-@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -69,6 +52,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     advantages: AdvantageConfig = field(default_factory=AdvantageConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
 
 

@@ -183,9 +183,9 @@ def test_cli_prints_the_agents_observation(backend):
     run = lambda *a: subprocess.run([str(Path(os.sys.executable).parent / "echo-rl"), "sandbox", "exec",  # noqa: E731
                                      "--backend", name, *a], capture_output=True, text=True)  # fmt: skip
     r = run("--", "echo out; echo err >&2; exit 4")
-    assert r.returncode == 0 and r.stdout == "out\nerr\n[exit code: 4]\n"
+    assert r.returncode == 0 and r.stdout == "out\nerr\nexit code: 4\n"
     r = run("--timeout", "1", "--", "printf partial; sleep 5")
-    assert r.stdout == "partial\n[command timed out after 1 s and was killed]\n"
+    assert r.stdout == "partial\nWARNING: command timed out after 1 s and was killed\n"
     r = subprocess.run([str(Path(os.sys.executable).parent / "echo-rl"), "sandbox", "exec", "--backend", "nope",
                         "--", "ls"], capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 2 and "sandbox.backend must be bwrap or docker" in r.stderr
@@ -196,7 +196,7 @@ def test_observation_segments_have_roles(backend):
         r = sb.exec("seq 1 2000")  # 8,893 bytes > the 1,000-byte cap, exits 0
         segments = r.observation(backend.cfg)
         assert [k for _, k in segments] == ["output", "output", "warning"]
-        assert segments[1][0].strip() == "[exit code: 0]" and "output truncated" in segments[2][0]
+        assert segments[1][0].strip() == "exit code: 0" and "output truncated" in segments[2][0]
 
 
 @pytest.fixture()

@@ -11,6 +11,7 @@ the host but what the task provides, and reaping of leftovers from a killed trai
 from __future__ import annotations
 
 import abc
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,29 +53,43 @@ class ExecResult:
         """Harness-written text the agent sees after the output (WARNING tokens)."""
         out = []
         if self.truncated:
-            out.append(f"[output truncated: showing the first {cfg.output_bytes} bytes of "
-                       f"{'more than ' if self.exit_code is None else ''}{self.output_total_bytes}]")  # fmt: skip
+            out.append(f"WARNING: output truncated, showing the first {cfg.output_bytes} bytes of "
+                       f"{'more than ' if self.exit_code is None else ''}{self.output_total_bytes}")  # fmt: skip
         if self.timed_out:
-            out.append(f"[command timed out after {self.timeout_s:g} s and was killed]")
+            out.append(f"WARNING: command timed out after {self.timeout_s:g} s and was killed")
         elif self.exit_code is None:
-            out.append("[command stopped: it produced too much output]")
+            out.append("WARNING: command stopped, it produced too much output")
         return out
-
 
     def observation(self, cfg: SandboxConfig) -> list[tuple[str, str]]:
         """What the agent sees, as (text, kind) segments; kind is "output" (the terminal's
-        text and exit code: OUTPUT tokens) or "warning" (harness notices: WARNING tokens)."""
-        parts = [(self.output, "output")] if self.output else []
+        text and exit code: OUTPUT tokens) or "warning" (harness notices: WARNING tokens).
+        Leading blank lines of the output are dropped (see ``join_lines``)."""
+        output = _LEADING_BLANK.sub("", self.output)
+        parts = [(output, "output")] if output else []
         if self.exit_code is not None:
-            parts.append((f"[exit code: {self.exit_code}]", "output"))
-        parts += [(n, "warning") for n in self.notices(cfg)]
-        out, text = [], ""
-        for chunk, kind in parts:  # each part starts on its own line
-            if text and not text.endswith("\n"):
-                chunk = "\n" + chunk
-            out.append((chunk, kind))
-            text += chunk
-        return out
+            parts.append((f"exit code: {self.exit_code}", "output"))
+        return join_lines(parts + [(n, "warning") for n in self.notices(cfg)])
+
+
+_LEADING_BLANK = re.compile(r"\A(?:[ \t]*\r?\n)+")
+
+
+def join_lines(parts: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Put each part on its own line; the separating newline belongs to the part before it.
+
+    Why this layout: byte-level BPE pre-tokenizers (Qwen's) glue newlines to the
+    punctuation before them (``"]\n"`` is one token). Ending every part but the last with
+    its own newline, starting the first with a non-blank line, and ending the last with a
+    letter or digit (``exit code: 0``, notices without a final period) makes every role
+    boundary a token boundary, so an observation's OUTPUT and WARNING tokens decode to
+    exactly the terminal's text and the harness's text."""
+    out = []
+    for i, (text, kind) in enumerate(parts):
+        if i < len(parts) - 1 and text and not text.endswith("\n"):
+            text += "\n"
+        out.append((text, kind))
+    return out
 
 
 class SandboxError(RuntimeError):

@@ -1,0 +1,85 @@
+"""The vLLM engine: the offline ``vllm.LLM`` in this process (GPU nodes; vLLM's CPU build here).
+
+Where it sits: rollout → **VLLMEngine** (a ``BatchingEngine``) → Generation; learner →
+weights stream → ``update_weights`` → each vLLM worker's ``model.load_weights``.
+
+Weights travel through ``LLM.collective_rpc`` to ``WeightLoader.echo_load_weights``, a
+worker extension (vLLM's ``worker_extension_cls``, as in its RLHF examples): one call per
+bucket, the tensors serialized by vLLM's own IPC; the worker loads HF-named tensors with
+the model's ``load_weights`` (which fuses q/k/v and gate/up itself).
+
+Log-probs: vLLM reports ``raw_logprobs`` (T = 1) by default and ``processed_logprobs``
+(after temperature) on request; the engine picks the mode that matches the learner's
+``logprob_temperature`` and refuses a mismatch instead of logging a wrong ratio.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.engines.base import BatchingEngine, EngineError, Generation
+
+
+class WeightLoader:
+    """vLLM worker extension (runs inside each vLLM worker)."""
+
+    def echo_load_weights(self, items) -> int:
+        model = self.model_runner.model  # type: ignore[attr-defined]
+        loaded = model.load_weights(weights=iter(items))
+        return len(loaded) if loaded is not None else len(items)
+
+    def echo_load_weights_from_dir(self, path_json: str) -> int:
+        """Server transport: load ``model.safetensors`` from a shared directory."""
+        import json
+
+        from safetensors.torch import load_file
+
+        tensors = load_file(f"{json.loads(path_json)}/model.safetensors")
+        return self.echo_load_weights(list(tensors.items()))
+
+
+class VLLMEngine(BatchingEngine):
+    def __init__(self, hf_dir: str | Path, *, logprob_temperature: float = 1.0, max_batch: int = 64,
+                 batch_wait_ms: float = 5.0, seed: int = 0, **llm_kwargs):  # fmt: skip
+        from vllm import LLM
+
+        self.logprob_temperature = logprob_temperature
+        mode = "raw_logprobs" if logprob_temperature == 1.0 else "processed_logprobs"
+        self.logprobs_mode = mode
+        kwargs = dict(dtype="float32", enforce_eager=True, gpu_memory_utilization=0.1, seed=seed,
+                      skip_tokenizer_init=True, logprobs_mode=mode,
+                      worker_extension_cls=f"{__name__}.WeightLoader")  # fmt: skip
+        kwargs.update(llm_kwargs)
+        self.llm = LLM(model=str(hf_dir), **kwargs)
+        super().__init__(max_batch, batch_wait_ms)
+
+    def load_weights(self, items) -> None:
+        items = [(n, t.detach().cpu().contiguous()) for n, t in items]
+        self.llm.collective_rpc("echo_load_weights", args=(items,))
+
+    def generate_batch(self, prompts, params):
+        from vllm import SamplingParams as VSP
+
+        for p in params:
+            if self.logprobs_mode == "processed_logprobs" and p.temperature != self.logprob_temperature:
+                raise EngineError(
+                    f"vLLM reports log-probs at T=1 or at the sampling temperature; the learner uses "
+                    f"T={self.logprob_temperature} but sampling uses T={p.temperature}"
+                )
+        sps = [VSP(temperature=p.temperature, top_p=p.top_p, max_tokens=p.max_tokens, stop_token_ids=p.stop_token_ids,
+                   logprobs=0, detokenize=False, seed=p.seed) for p in params]  # fmt: skip
+        outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], sps, use_tqdm=False)
+        gens = []
+        for out, p in zip(outs, params):
+            c = out.outputs[0]
+            toks = list(c.token_ids)
+            lps = [float(d[t].logprob) for t, d in zip(toks, c.logprobs)]
+            stopped = bool(toks) and toks[-1] in p.stop_token_ids
+            gens.append(Generation(toks, lps, "stop" if stopped else "length", self.policy_version))
+        return gens
+
+    def close(self) -> None:
+        super().close()
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            del self.llm

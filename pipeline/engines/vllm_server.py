@@ -1,0 +1,91 @@
+"""The vLLM server engine: OpenAI-compatible ``vllm serve`` processes on rollout nodes.
+
+Where it sits: rollout → **VLLMServerEngine.submit** → HTTP ``/v1/completions`` with token
+ids in and ``return_token_ids`` + ``logprobs`` out; learner → weights → a shared-filesystem
+HF directory → ``/collective_rpc`` → ``WeightLoader.echo_load_weights_from_dir`` in each
+server's workers (servers run with ``VLLM_SERVER_DEV_MODE=1`` and
+``--worker-extension-cls pipeline.engines.vllm.WeightLoader``).
+
+Requests spread round-robin over ``server_urls``; vLLM batches them continuously, so
+this client only keeps a thread pool of in-flight HTTP calls. The shared-filesystem
+transport is the fallback the cluster issue names; the version contract is the same:
+the version is reported only after every server loaded the directory whose checksum
+matched the stream's.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+from pipeline.engines.base import Engine, EngineError, Generation, SamplingParams, apply_buckets
+
+
+class VLLMServerEngine(Engine):
+    def __init__(self, urls: list[str], *, weights_dir: str | Path, model: str | None = None,
+                 timeout_s: float = 600.0, max_inflight: int = 256, logprob_temperature: float = 1.0):  # fmt: skip
+        self.urls = [u.rstrip("/") for u in urls]
+        self.weights_dir = Path(weights_dir)
+        self.timeout_s = timeout_s
+        self.logprob_temperature = logprob_temperature
+        self._next = itertools.cycle(self.urls)
+        self._pool = ThreadPoolExecutor(max_workers=max_inflight, thread_name_prefix="vllm-http")
+        self.model = model or self._served_model(self.urls[0])
+
+    def _served_model(self, url: str) -> str:
+        try:
+            r = requests.get(f"{url}/v1/models", timeout=30)
+            r.raise_for_status()
+            return r.json()["data"][0]["id"]
+        except (requests.RequestException, KeyError, IndexError) as e:
+            raise EngineError(f"vLLM server {url} is not answering /v1/models: {e}") from e
+
+    def submit(self, prompt_ids, params):
+        return self._pool.submit(self._complete, next(self._next), list(prompt_ids), params)
+
+    def _complete(self, url: str, prompt_ids: list[int], p: SamplingParams) -> Generation:
+        body = {
+            "model": self.model, "prompt": prompt_ids, "max_tokens": p.max_tokens, "temperature": p.temperature,
+            "top_p": p.top_p, "logprobs": 0, "stop_token_ids": p.stop_token_ids, "return_token_ids": True,
+            "skip_special_tokens": False, "include_stop_str_in_output": True,
+        }  # fmt: skip
+        if p.seed is not None:
+            body["seed"] = p.seed
+        version = self.policy_version
+        try:
+            r = requests.post(f"{url}/v1/completions", json=body, timeout=self.timeout_s)
+            r.raise_for_status()
+            choice = r.json()["choices"][0]
+        except (requests.RequestException, KeyError, IndexError, ValueError) as e:
+            raise EngineError(f"vLLM server {url}: {type(e).__name__}: {e}") from e
+        toks = list(choice["token_ids"])
+        lps = [float(x) for x in choice["logprobs"]["token_logprobs"]]
+        stopped = bool(toks) and toks[-1] in p.stop_token_ids
+        return Generation(toks, lps, "stop" if stopped else "length", version)
+
+    def update_weights(self, buckets) -> int:
+        """Write the version to ``weights_dir/v{version}`` (safetensors), then have every
+        server load it. Servers must see the same filesystem."""
+        from safetensors.torch import save_file
+
+        staged: dict = {}
+        version = apply_buckets(buckets, lambda items: staged.update({n: t.detach().cpu().contiguous() for n, t in items}))
+        out = self.weights_dir / f"v{version}"
+        out.mkdir(parents=True, exist_ok=True)
+        save_file(staged, str(out / "model.safetensors"))
+        for url in self.urls:
+            try:
+                r = requests.post(f"{url}/collective_rpc", timeout=self.timeout_s, json={
+                    "method": "echo_load_weights_from_dir", "args": [json.dumps(str(out))]})  # fmt: skip
+                r.raise_for_status()
+            except requests.RequestException as e:
+                raise EngineError(f"vLLM server {url}: weight update to v{version} failed: {e}") from e
+        self.policy_version = version
+        return version
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,2 @@
+"""The agent loop (loop), token-exact chat rendering (chat) and tool-call parsing (toolcalls)."""
+
