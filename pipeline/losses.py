@@ -174,6 +174,7 @@ def policy_gradient_loss(
             "clip_frac_low": ((adv < 0) & (ratio < 1 - clip_low) & action).sum() / n_act,
             # mean (learner - sampler) log-prob on ACTION tokens: the mismatch to watch
             "logprob_gap": log_ratio.detach().sum() / n_act,
+            "logprob_abs_gap": log_ratio.detach().abs().sum() / n_act,
         }
     return loss, metrics
 
@@ -210,6 +211,17 @@ def env_cross_entropy(
     return loss, metrics
 
 
+def action_cross_entropy(
+    logprobs: torch.Tensor, roles: torch.Tensor, counts: LossCounts
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Imitation: mean CE over the step's ACTION tokens (the ``sft`` mode's term, used for
+    warm starts and the microcosm's supervised arm). Inputs flat [N]."""
+    action = roles == int(Role.ACTION)
+    nll = torch.where(action, -logprobs, torch.zeros_like(logprobs))
+    loss = nll.sum() / max(float(counts.role_tokens[Role.ACTION]), 1.0)
+    return loss, {"action_ce": loss.detach()}
+
+
 def packed_echo_loss(
     logprobs: torch.Tensor,
     sampler_logprobs: torch.Tensor,
@@ -228,8 +240,10 @@ def packed_echo_loss(
     pg_reduction: str = "token_mean",
     ref_logprobs: torch.Tensor | None = None,
     kl_coef: float = 0.0,
+    sft_coef: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The ECHO objective on flat packed tensors [N] with per-token ``sequence_ids``."""
+    """The ECHO objective on flat packed tensors [N] with per-token ``sequence_ids``
+    (plus ``sft_coef`` × the ACTION-token CE, for imitation)."""
     pg, pg_metrics = policy_gradient_loss(
         logprobs, sampler_logprobs, advantages, roles, sequence_ids, num_sequences, counts,
         clip_low=clip_low, clip_high=clip_high, reduction=pg_reduction,
@@ -239,8 +253,9 @@ def packed_echo_loss(
         logprobs, roles, sequence_ids, num_sequences, counts,
         targets=env_targets, normalizer=env_normalizer,
     )  # fmt: skip
-    loss = pg_coef * pg + env_coef * env_ce
-    metrics = {"loss": loss.detach(), **pg_metrics, **env_metrics}
+    act_ce, act_metrics = action_cross_entropy(logprobs, roles, counts)
+    loss = pg_coef * pg + env_coef * env_ce + sft_coef * act_ce
+    metrics = {"loss": loss.detach(), **pg_metrics, **env_metrics, **act_metrics}
     for role in Role:
         metrics[f"tokens_{role.name.lower()}"] = (roles == int(role)).sum().double()
     return loss, metrics
@@ -308,7 +323,7 @@ def scheduled_env_coef(
 
 @dataclass
 class LossConfig:
-    mode: str = "echo"  # grpo (env_coef forced to 0) | echo | env_only (no policy-gradient term)
+    mode: str = "echo"  # grpo (env_coef forced to 0) | echo | env_only (no policy-gradient term) | sft (imitation: CE on ACTION tokens + env_coef × L_env)
     env_coef: float = 0.05  # λ on the environment CE; ~0.05 works, ≥0.2 can collapse
     env_coef_schedule: str = "constant"  # constant | linear | step
     env_coef_start: float = 0.0  # λ before/at schedule_start_step for linear and step
@@ -321,21 +336,23 @@ class LossConfig:
     pg_reduction: str = "token_mean"  # token_mean (over the step's action tokens) | sequence_mean
     kl_coef: float = 0.0  # k3 KL to a reference policy; 0 = off (the paper)
 
-    def coefs(self, step: int) -> tuple[float, float]:
-        """(pg_coef, env_coef) at ``step`` for this mode."""
+    def coefs(self, step: int) -> tuple[float, float, float]:
+        """(pg_coef, env_coef, sft_coef) at ``step`` for this mode."""
         lam = scheduled_env_coef(
             step, env_coef=self.env_coef, schedule=self.env_coef_schedule,
             start_value=self.env_coef_start, start_step=self.schedule_start_step,
             end_step=self.schedule_end_step,
         )  # fmt: skip
         if self.mode == "grpo":
-            return 1.0, 0.0
-        return (0.0 if self.mode == "env_only" else 1.0), lam
+            return 1.0, 0.0, 0.0
+        if self.mode == "sft":
+            return 0.0, lam, 1.0
+        return (0.0 if self.mode == "env_only" else 1.0), lam, 0.0
 
     def check(self) -> list[tuple[str, str]]:
         errs = []
         choices = {
-            "mode": ("grpo", "echo", "env_only"),
+            "mode": ("grpo", "echo", "env_only", "sft"),
             "env_coef_schedule": ("constant", "linear", "step"),
             "env_targets": tuple(ENV_TARGETS),
             "env_normalizer": ENV_NORMALIZERS,

@@ -236,6 +236,28 @@ def test_env_coef_schedules():
 
 
 def test_modes_give_coefficients():
-    assert LossConfig(mode="grpo", env_coef=0.05).coefs(3) == (1.0, 0.0)
-    assert LossConfig(mode="echo", env_coef=0.05).coefs(3) == (1.0, 0.05)
-    assert LossConfig(mode="env_only", env_coef=0.05).coefs(3) == (0.0, 0.05)
+    assert LossConfig(mode="grpo", env_coef=0.05).coefs(3) == (1.0, 0.0, 0.0)
+    assert LossConfig(mode="echo", env_coef=0.05).coefs(3) == (1.0, 0.05, 0.0)
+    assert LossConfig(mode="env_only", env_coef=0.05).coefs(3) == (0.0, 0.05, 0.0)
+    assert LossConfig(mode="sft", env_coef=0.0).coefs(3) == (0.0, 0.0, 1.0)
+
+
+def test_sft_mode_is_action_token_cross_entropy():
+    # two sequences; ACTION tokens carry log-probs -1, -2 (seq 0) and -3 (seq 1)
+    roles = torch.tensor([[0, 1, 1, 2], [0, 1, 2, 2]])
+    logp = torch.tensor([[-9.0, -1.0, -2.0, -4.0], [-9.0, -3.0, -5.0, -7.0]], requires_grad=True)
+    nan = torch.zeros_like(logp)  # sampler log-probs (expert data: any finite value)
+    loss, m = echo_loss(logp, nan, torch.zeros(2), roles, env_coef=0.0, pg_coef=0.0)
+    assert float(loss) == 0.0 and abs(float(m["action_ce"]) - 2.0) < 1e-6
+    from pipeline.losses import count_tokens, packed_echo_loss
+
+    flat_roles, seq = roles.reshape(-1), torch.arange(2).repeat_interleave(4)
+    counts = count_tokens(flat_roles, seq, 2)
+    loss, m = packed_echo_loss(logp.reshape(-1), nan.reshape(-1), torch.zeros(2), flat_roles, seq, 2, counts,
+                               env_coef=0.5, pg_coef=0.0, sft_coef=1.0)  # fmt: skip
+    action_ce = (1 + 2 + 3) / 3
+    env_ce = (4 / 1 + (5 + 7) / 2) / 2  # per-sequence length-normalized OUTPUT CE
+    assert abs(float(m["action_ce"]) - action_ce) < 1e-6
+    assert abs(float(loss) - (action_ce + 0.5 * env_ce)) < 1e-6
+    loss.backward()
+    assert torch.allclose(logp.grad, torch.tensor([[0, -1 / 3, -1 / 3, -0.5 / 2], [0, -1 / 3, -0.5 / 4, -0.5 / 4]]))

@@ -162,7 +162,7 @@ class Learner:
         loss, metrics = packed_echo_loss(
             -nll.reshape(-1), mb.sampler_logprobs.reshape(-1).to(dev), mb.advantages.to(dev),
             roles, mb.sequence_ids.reshape(-1).to(dev), mb.num_sequences + 1, self._counts,
-            env_coef=self._coefs[1], pg_coef=self._coefs[0], clip_low=self.loss_cfg.clip_low,
+            env_coef=self._coefs[1], pg_coef=self._coefs[0], sft_coef=self._coefs[2], clip_low=self.loss_cfg.clip_low,
             clip_high=self.loss_cfg.clip_high, env_targets=self.loss_cfg.env_targets,
             env_normalizer=self.loss_cfg.env_normalizer, pg_reduction=self.loss_cfg.pg_reduction,
         )  # fmt: skip
@@ -250,7 +250,7 @@ class Learner:
 
 
 _METRIC_NAMES = (
-    "loss", "pg_loss", "kl_ref", "clip_frac_high", "clip_frac_low", "logprob_gap", "env_ce",
+    "loss", "pg_loss", "kl_ref", "clip_frac_high", "clip_frac_low", "logprob_gap", "logprob_abs_gap", "env_ce", "action_ce",
     "env_ce_output", "env_ce_warning", "tokens_prompt", "tokens_action", "tokens_output",
     "tokens_warning",
 )  # fmt: skip
