@@ -1,7 +1,8 @@
 """``echo-rl``: the command line.
 
     echo-rl config configs/tiny.yaml loss.env_coef=0.1   # print the resolved config
-    echo-rl train  configs/tiny.yaml loss.env_coef=0.1   # run a training job
+    echo-rl train  configs/tiny.yaml loss.env_coef=0.1   # run a training job (resumes when killed)
+    echo-rl eval   runs/tiny/ckpt configs/tiny.yaml      # pass@k + world-model probe of a checkpoint
     echo-rl learner-smoke configs/tiny.yaml              # learner steps on synthetic trajectories
     echo-rl convert {mcore-to-hf,hf-to-mcore,verify} ... # checkpoints (tools/convert.py)
     echo-rl sandbox exec [--task DIR] [--timeout S] -- CMD # the observation the agent would see
@@ -26,7 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="echo-rl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_config_args(sub.add_parser("config", help="print the resolved config"))
-    _add_config_args(sub.add_parser("train", help="run a training job"))
+    _add_config_args(sub.add_parser("train", help="run a training job (resumes from RUN_DIR/ckpt)"))
+    ev = sub.add_parser("eval", help="pass@k on held-out tasks + the world-model probe of a checkpoint")
+    ev.add_argument("ckpt", help="Megatron checkpoint dir (e.g. runs/tiny/ckpt)")
+    ev.add_argument("--out", default="", help="where to write the table (default: CKPT/../eval-CKPT)")
+    _add_config_args(ev)
     smoke = sub.add_parser("learner-smoke", help="Megatron learner steps on synthetic trajectories")
     _add_config_args(smoke)
     sub.add_parser("convert", help="checkpoint export/import/verify (tools/convert.py)", add_help=False)
@@ -80,16 +85,18 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_smoke(cfg)
     if args.command == "train":
-        from pipeline.learner.smoke import run_smoke
+        from pipeline.main import RunError, train
 
-        print(
-            "echo-rl train: the agent loop with its generation engines (issue 6) and the\n"
-            "end-to-end loop (issue 7) are not built yet. Until they land, train runs the real\n"
-            "learner (Megatron-Core, fused log-probs, the ECHO loss) on synthetic trajectories\n"
-            "shaped like terminal episodes.",
-            file=sys.stderr,
-        )
-        return run_smoke(cfg)
+        try:
+            train(cfg)
+        except (RunError, FloatingPointError) as e:
+            print(f"echo-rl train: {e}", file=sys.stderr)
+            return 1
+        return 0
+    if args.command == "eval":
+        from pipeline.evaluate import run_eval_command
+
+        return run_eval_command(cfg, args.ckpt, args.out)
     return 1
 
 

@@ -21,10 +21,13 @@ from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.advantages import AdvantageConfig
 from pipeline.engines.base import EngineConfig
+from pipeline.evaluate import EvalConfig
 from pipeline.learner.config import LearnerConfig, ModelConfig, OptimConfig, ParallelConfig
 from pipeline.losses import LossConfig
 from pipeline.rollout.loop import RolloutConfig
 from pipeline.sandbox.base import SandboxConfig
+from pipeline.tasks.sets import TaskSetConfig
+from pipeline.tracking import TrackingConfig
 
 
 class ConfigError(ValueError):
@@ -37,9 +40,14 @@ class RunConfig:
     output_dir: str = "runs"  # checkpoints, trajectories and the MLflow store go under it
     seed: int = 1234  # seeds model init, task sampling and generation
     steps: int = 10  # training steps
+    resume: bool = True  # continue from the latest checkpoint in output_dir/ckpt when there is one
+    max_infra_error_frac: float = 0.5  # stop when more episodes of a step fail on infrastructure
 
     def check(self) -> list[tuple[str, str]]:
-        return [("steps", f"must be ≥ 0, got {self.steps}")] if self.steps < 0 else []
+        errs = [("steps", f"must be ≥ 0, got {self.steps}")] if self.steps < 0 else []
+        if not 0 <= self.max_infra_error_frac <= 1:
+            errs.append(("max_infra_error_frac", f"must be in [0, 1], got {self.max_infra_error_frac}"))
+        return errs
 
 
 @dataclass
@@ -53,6 +61,9 @@ class Config:
     advantages: AdvantageConfig = field(default_factory=AdvantageConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    tasks: TaskSetConfig = field(default_factory=TaskSetConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
 
 

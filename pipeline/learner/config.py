@@ -11,6 +11,8 @@ class ModelConfig:
     dtype: str = "float32"  # float32 | bfloat16 (params and activations; grads reduce in fp32)
     init_std: float = 0.02  # std of the random init when no checkpoint is loaded
     load: str = ""  # Megatron dist checkpoint dir to start from ("" = random init)
+    tokenizer: str = "configs/tokenizer/tiny"  # HF tokenizer dir with a chat template
+    warmstart_steps: int = 0  # > 0 and no checkpoint at `load` yet: build it first (tools/warmstart.py)
 
     def check(self) -> list[tuple[str, str]]:
         errs = []
@@ -69,6 +71,7 @@ class LearnerConfig:
     logprob_chunk_rows: int = 64  # rows per chunk of the chunked log-prob kernel
     temperature: float = 1.0  # logits ÷ T before log-softmax, for BOTH loss terms (ref code: 0.8)
     checkpoint_every: int = 0  # steps between checkpoints (0 = only at the end)
+    on_nonfinite: str = "stop"  # a non-finite loss: stop (raise, say where) | skip (no update, counted)
 
     def check(self) -> list[tuple[str, str]]:
         errs = []
@@ -80,6 +83,8 @@ class LearnerConfig:
             errs.append(("logprob_chunk_rows", f"must be ≥ 1, got {self.logprob_chunk_rows}"))
         if self.temperature <= 0:
             errs.append(("temperature", f"must be > 0, got {self.temperature}"))
+        if self.on_nonfinite not in ("stop", "skip"):
+            errs.append(("on_nonfinite", f"must be stop or skip, got {self.on_nonfinite!r}"))
         if self.checkpoint_every < 0:
             errs.append(("checkpoint_every", f"must be ≥ 0, got {self.checkpoint_every}"))
         return errs

@@ -16,6 +16,7 @@ of the step's loss however the batch is split.
 
 from __future__ import annotations
 
+import math
 import time
 from functools import partial
 
@@ -183,20 +184,38 @@ class Learner:
             model=[self.model], num_microbatches=len(micro_batches), seq_length=seq_len,
             micro_batch_size=1, forward_only=False,
         )  # fmt: skip
-        ok, grad_norm, _ = self.optimizer.step()
-        if not ok:
-            raise FloatingPointError(f"step {step}: optimizer step skipped (non-finite grads)")
+        metrics = self._reduce_reports(reports)
         lr = self.optimizer.param_groups[0]["lr"]
+        if not math.isfinite(metrics["loss"]):
+            return self._skip_nonfinite(step, metrics, lr)
+        ok, grad_norm, _ = self.optimizer.step()
+        if not ok or (grad_norm is not None and not math.isfinite(grad_norm)):
+            # finite loss, non-finite gradient: the fp32 optimizer may have applied it already
+            raise FloatingPointError(f"step {step}: non-finite gradient norm {grad_norm} (loss "
+                                     f"{metrics['loss']}); resume from the last checkpoint")  # fmt: skip
         self.scheduler.step(increment=1)
         self.step += 1
-        metrics = self._reduce_reports(reports)
         elapsed = time.perf_counter() - t0
         tokens = float(sum(mb.num_tokens for mb in micro_batches)) * self.topo.dp
         metrics.update(
             grad_norm=float(grad_norm or 0.0), lr=lr, pg_coef=self._coefs[0],
-            env_coef=self._coefs[1], step_time_s=elapsed, tokens_per_s=tokens / elapsed,
+            env_coef=self._coefs[1], step_time_s=elapsed, tokens_per_s=tokens / elapsed, skipped_nonfinite=0.0,
         )  # fmt: skip
         return metrics
+
+    def _skip_nonfinite(self, step: int, metrics: dict, lr: float) -> dict:
+        """A non-finite loss or gradient: the weights stay as they were. ``stop`` raises; ``skip``
+        counts the step as taken (the scheduler and version advance) and reports it."""
+        self.optimizer.zero_grad()
+        self.model.zero_grad_buffer()
+        if self.cfg.on_nonfinite == "stop":
+            raise FloatingPointError(
+                f"step {step}: non-finite loss {metrics['loss']} (pg {metrics['pg_loss']}, env_ce "
+                f"{metrics['env_ce']}); weights not updated. learner.on_nonfinite=skip skips such steps"
+            )
+        self.scheduler.step(increment=1)
+        self.step += 1
+        return {**metrics, "lr": lr, "skipped_nonfinite": 1.0, "grad_norm": float("nan")}
 
     def _reduce_reports(self, reports: list[dict]) -> dict[str, float]:
         """Sum micro-batch contributions (last PP stage), then over PP and DP groups."""

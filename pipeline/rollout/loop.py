@@ -192,3 +192,27 @@ def run_rollouts(tasks: list[Task], engine: Engine, backend: SandboxBackend, cha
         out = list(pool.map(one, jobs))
     bar.close()
     return out
+
+
+def rollout_metrics(trajectories: list[Trajectory]) -> dict[str, float]:
+    """Per-step rollout statistics for tracking (``rollout/...``)."""
+    n = max(len(trajectories), 1)
+    ok = [t for t in trajectories if not t.infra_error]
+    m = {
+        "rollout/episodes": float(len(trajectories)),
+        "rollout/infra_errors": float(len(trajectories) - len(ok)),
+        "rollout/infra_error_frac": (len(trajectories) - len(ok)) / n,
+        "rollout/reward": sum(t.reward for t in ok) / max(len(ok), 1),
+        "rollout/pass_rate": sum(t.reward >= 1.0 for t in ok) / max(len(ok), 1),
+        "rollout/tokens": float(sum(len(t) for t in trajectories)),
+    }
+    for key in ("num_turns", "tool_errors", "timeouts", "truncated_outputs", "truncated_actions", "role_straddles"):
+        total = sum(t.metadata.get(key, 0) for t in ok)
+        m[f"rollout/{'turns' if key == 'num_turns' else key}"] = total / max(len(ok), 1) if key == "num_turns" else float(total)
+    for reason in ("finish", "max_turns", "context"):
+        m[f"rollout/finish_{reason}"] = float(sum(t.metadata.get("finish_reason") == reason for t in ok))
+    for role in Role:
+        m[f"rollout/tokens_{role.name.lower()}"] = float(sum(t.num_tokens(role) for t in trajectories))
+    seconds = [t.metadata.get("rollout_s", 0.0) for t in ok]
+    m["rollout/episode_s"] = sum(seconds) / max(len(seconds), 1)
+    return m

@@ -1,0 +1,178 @@
+"""The training loop, top to bottom: tasks → rollouts → advantages → learner step → weight
+sync → evaluation → log → checkpoint.
+
+Where it sits: ``echo-rl train RECIPE`` (and ``sbatch slurm/...``) → **train** → the stages.
+
+Colocated: learner ranks run Megatron; global rank 0 also owns the generation engine and
+the sandboxes, rolls out, and broadcasts the trajectories to every learner rank. Other
+placements keep the same calls with another ``Engine`` (``vllm_server``).
+
+Resume: a killed job started again with the same command continues from the latest
+checkpoint in ``RUN_DIR/ckpt`` — the same step, the same tasks (seeded by step), the same
+MLflow run, each step logged exactly once (``pipeline/tracking.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch.distributed as dist
+
+from pipeline.advantages import group_advantages
+from pipeline.config import Config, flat_params, to_yaml
+from pipeline.engines import make_engine
+from pipeline.evaluate import eval_rollouts, expert_probe_set, world_model_probe, write_table
+from pipeline.learner import checkpoint
+from pipeline.learner.learner import Learner
+from pipeline.rollout.chat import ChatFormat, load_tokenizer
+from pipeline.rollout.loop import rollout_metrics, run_rollouts
+from pipeline.sandbox import make_backend
+from pipeline.tasks.sets import TaskSampler
+from pipeline.tracking import Tracker
+from pipeline.trajectory import pack_micro_batches, save_jsonl
+from pipeline.weights.sync import export_hf_dir, sync_engine
+
+
+class RunError(RuntimeError):
+    """The run cannot continue (says why and what to change)."""
+
+
+def train(cfg: Config) -> dict:
+    run_dir = Path(cfg.run.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.model.warmstart_steps and cfg.model.load and checkpoint.latest(cfg.model.load) is None:
+        from tools.warmstart import build_warmstart
+
+        build_warmstart(cfg)
+    learner = Learner(cfg.model, cfg.parallel, cfg.optim, cfg.learner, cfg.loss, seed=cfg.run.seed)
+    ckpt_dir = run_dir / "ckpt"
+    if cfg.run.resume and checkpoint.latest(ckpt_dir) is not None:
+        learner.load(str(ckpt_dir))
+    rank0 = dist.get_rank() == 0
+    tok = load_tokenizer(cfg.model.tokenizer)
+    chat = ChatFormat(tok, template_kwargs=cfg.rollout.template_kwargs)
+    sampler = TaskSampler(cfg.tasks, run_dir / "tasks", cfg.run.seed)
+    export_hf_dir(learner, run_dir / "engine_model", tokenizer_dir=cfg.model.tokenizer)
+    engine = backend = tracker = None
+    if rank0:
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        backend = make_backend(cfg.sandbox)
+        backend.reap_orphans()
+        engine = make_engine(cfg.engine, run_dir / "engine_model", logprob_temperature=cfg.learner.temperature,
+                             seed=cfg.run.seed, pad_token_id=tok.pad_token_id or 0)  # fmt: skip
+        tracker = Tracker(cfg.tracking, run_dir, cfg.run.name, flat_params(cfg))
+        tracker.log_artifact(run_dir / "config.yaml")
+    eval_tasks = sampler.eval_tasks() if rank0 else []
+    try:
+        sync_engine(learner, engine)
+        if learner.step == 0 and cfg.eval.every:
+            _evaluate(cfg, learner, engine, backend, chat, eval_tasks, tracker, run_dir, step=0)
+            if tracker:
+                tracker.commit()
+        for step in range(learner.step, cfg.run.steps):
+            t0 = time.perf_counter()
+            trajs = None
+            if rank0:
+                tasks = sampler.for_step(step, cfg.rollout.tasks_per_step)
+                trajs = run_rollouts(tasks, engine, backend, chat, cfg.rollout, cfg.sandbox, step=step,
+                                     seed=cfg.run.seed * 1_000_003 + step)  # fmt: skip
+                (run_dir / "trajectories").mkdir(exist_ok=True)
+                save_jsonl(trajs, run_dir / "trajectories" / f"step_{step:06d}.jsonl")
+            trajs = _broadcast(trajs)
+            t_rollout = time.perf_counter() - t0
+            metrics = rollout_metrics(trajs)
+            if metrics["rollout/infra_error_frac"] > cfg.run.max_infra_error_frac:
+                raise RunError(f"step {step}: {metrics['rollout/infra_errors']:.0f} of {len(trajs)} episodes "
+                               f"failed on infrastructure (see 'infra_error' in {run_dir}/trajectories/"
+                               f"step_{step:06d}.jsonl); over run.max_infra_error_frac={cfg.run.max_infra_error_frac}")  # fmt: skip
+            adv = group_advantages(trajs, cfg.advantages)
+            t1 = time.perf_counter()
+            shards = pack_micro_batches(trajs, adv, cfg.learner.micro_batch_tokens, num_shards=learner.topo.dp,
+                                        pad_token_id=tok.pad_token_id or 0)  # fmt: skip
+            metrics.update(learner.train_step(shards[learner.topo.dp_rank], step))
+            t2 = time.perf_counter()
+            sync_engine(learner, engine)
+            t3 = time.perf_counter()
+            metrics.update({"time/rollout_s": t_rollout, "time/learner_s": t2 - t1, "time/sync_s": t3 - t2})
+            if cfg.eval.every and (step + 1) % cfg.eval.every == 0 or step + 1 == cfg.run.steps:
+                metrics.update(_evaluate(cfg, learner, engine, backend, chat, eval_tasks, tracker, run_dir, step + 1))
+            metrics["time/step_s"] = time.perf_counter() - t0
+            if rank0:
+                tracker.log_step(step, metrics)
+                _print_step(step, cfg.run.steps, metrics)
+            every = cfg.learner.checkpoint_every
+            if (every and (step + 1) % every == 0) or step + 1 == cfg.run.steps:
+                learner.save(str(ckpt_dir))
+                if rank0:
+                    tracker.commit()
+        summary = _finish(cfg, learner, tracker, run_dir)
+    finally:
+        if engine is not None:
+            engine.close()
+        if tracker is not None:
+            tracker.close()
+    return summary
+
+
+def _broadcast(trajs):
+    box = [trajs]
+    if dist.get_world_size() > 1:
+        dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _evaluate(cfg, learner, engine, backend, chat, eval_tasks, tracker, run_dir, step) -> dict:
+    """pass@k (rank 0 rolls out) and the world-model probe (all learner ranks)."""
+    metrics, probe = {}, None
+    if dist.get_rank() == 0:
+        metrics, rows, _ = eval_rollouts(eval_tasks, engine, backend, chat, cfg.rollout, cfg.sandbox, cfg.eval, step=step)
+        (run_dir / "eval").mkdir(exist_ok=True)
+        write_table(rows, run_dir / "eval" / f"step_{step:06d}.md")
+        tracker.log_artifact(run_dir / "eval" / f"step_{step:06d}.md", "eval")
+        if cfg.eval.probe:
+            path = Path(cfg.eval.probe_set) if cfg.eval.probe_set else run_dir / "probe_expert.jsonl"
+            probe = expert_probe_set(path, eval_tasks, chat, backend, cfg.rollout, cfg.sandbox)
+    if cfg.eval.probe:
+        metrics.update(world_model_probe(learner, _broadcast(probe), cfg.learner.micro_batch_tokens))
+    return metrics
+
+
+def _print_step(step: int, total: int, m: dict) -> None:
+    probe = f" probe_ce {m['probe/output_ce']:.3f}" if "probe/output_ce" in m else ""
+    ev = f" eval_pass@1 {m['eval/pass@1']:.2f}" if "eval/pass@1" in m else ""
+    print(
+        f"step {step + 1}/{total}: pass {m['rollout/pass_rate']:.2f} loss {m['loss']:.4f} pg {m['pg_loss']:.4f} "
+        f"env_ce {m['env_ce_output']:.3f} |Δlogp| {m['logprob_abs_gap']:.2e} turns {m['rollout/turns']:.1f}"
+        f"{ev}{probe} ({m['time/rollout_s']:.1f}s rollout, {m['time/learner_s']:.1f}s learner)",
+        flush=True,
+    )
+
+
+def _finish(cfg, learner, tracker, run_dir: Path) -> dict:
+    """Export the final weights as an HF dir; write and print where everything is."""
+    hf_out = export_hf_dir(learner, run_dir / "hf", tokenizer_dir=cfg.model.tokenizer)
+    summary = {"run_dir": str(run_dir), "checkpoint": str(run_dir / "ckpt"), "hf_export": str(run_dir / "hf"),
+               "steps": learner.step}  # fmt: skip
+    if dist.get_rank() != 0:
+        return summary
+    from pipeline.tracking import plot_curves
+
+    if tracker is not None and tracker.enabled:
+        png = plot_curves(tracker, run_dir / "curves.png")
+        tracker.log_artifact(png)
+        summary.update(mlflow_run_id=tracker.run_id, mlflow_ui=tracker.ui_command())
+    last = sorted((run_dir / "trajectories").glob("step_*.jsonl"))
+    if last and tracker is not None:
+        from tools.view_trajectories import render_html
+
+        html = run_dir / "trajectories" / f"{last[-1].stem}.html"
+        render_html(last[-1], html, limit=8)
+        tracker.log_artifact(html, "trajectories")
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    print("\nrun finished")
+    for k, v in summary.items():
+        print(f"  {k:>14}: {v}")
+    assert hf_out is not None
+    return summary
