@@ -24,6 +24,10 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    # Megatron-Core warns on import where TE/Apex are absent (every CPU run): said once in the README.
+    warnings.filterwarnings("ignore", message=".*(Transformer Engine and Apex|Apex is not installed).*")
     parser = argparse.ArgumentParser(prog="echo-rl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_config_args(sub.add_parser("config", help="print the resolved config"))

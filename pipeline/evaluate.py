@@ -161,7 +161,7 @@ def run_eval_command(cfg, ckpt: str, out: str) -> int:
     export_hf_dir(learner, out_dir / "engine_model", tokenizer_dir=cfg.model.tokenizer)
     rank0 = dist.get_rank() == 0
     engine = make_engine(cfg.engine, out_dir / "engine_model", logprob_temperature=cfg.learner.temperature,
-                         seed=cfg.run.seed) if rank0 else None  # fmt: skip
+                         seed=cfg.run.seed, max_model_len=cfg.rollout.max_context_tokens) if rank0 else None  # fmt: skip
     try:
         sync_engine(learner, engine)
         metrics, probe = {}, None

@@ -61,7 +61,8 @@ def train(cfg: Config) -> dict:
         backend = make_backend(cfg.sandbox)
         backend.reap_orphans()
         engine = make_engine(cfg.engine, run_dir / "engine_model", logprob_temperature=cfg.learner.temperature,
-                             seed=cfg.run.seed, pad_token_id=tok.pad_token_id or 0)  # fmt: skip
+                             seed=cfg.run.seed, pad_token_id=tok.pad_token_id or 0,
+                             max_model_len=cfg.rollout.max_context_tokens)  # fmt: skip
         tracker = Tracker(cfg.tracking, run_dir, cfg.run.name, flat_params(cfg))
         tracker.log_artifact(run_dir / "config.yaml")
     eval_tasks = sampler.eval_tasks() if rank0 else []

@@ -28,14 +28,14 @@ QWEN_SPLIT = (
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 
-# ChatML with tools, the shape of Qwen3's template without thinking: tool results are
+# ChatML with tools, the shape of Qwen3's template without thinking (tools listed by name
+# only, to keep the tiny model's episodes short): tool results are
 # user turns wrapped in <tool_response>, consecutive ones grouped; assistant content is
 # rendered verbatim (the rollout keeps the sampled tokens, so nothing is re-serialized).
 CHAT_TEMPLATE = (
     "{%- if messages[0].role == 'system' %}{{- '<|im_start|>system\\n' + messages[0].content }}"
-    "{%- if tools %}{{- '\\n\\n# Tools\\n<tools>' }}{%- for tool in tools %}{{- '\\n' + (tool | tojson) }}"
-    "{%- endfor %}{{- '\\n</tools>\\nCall one tool per turn: <tool_call>\\n"
-    "{\"name\": <name>, \"arguments\": <json object>}\\n</tool_call>' }}{%- endif %}"
+    "{%- if tools %}{{- '\\nTools:' }}{%- for tool in tools %}{{- ' ' + tool.function.name }}{%- endfor %}"
+    "{{- '. Call one per turn: <tool_call>\\n{\"name\": NAME, \"arguments\": {...}}\\n</tool_call>' }}{%- endif %}"
     "{{- '<|im_end|>\\n' }}{%- endif %}"
     "{%- for message in messages %}"
     "{%- if message.role == 'user' %}{{- '<|im_start|>user\\n' + message.content + '<|im_end|>\\n' }}"

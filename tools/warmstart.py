@@ -65,15 +65,15 @@ def build_warmstart(cfg) -> Path:
 
     target = Path(cfg.model.load)
     work = target.parent / f"{target.name}-data"
+    optim = replace(cfg.optim, lr=LR, warmup_steps=0, decay_style="cosine", decay_steps=cfg.model.warmstart_steps,
+                    min_lr=LR / 10, grad_clip=1.0)  # fmt: skip
+    learner = Learner(replace(cfg.model, load=""), cfg.parallel, optim, cfg.learner, LossConfig(mode="sft", env_coef=0.0),
+                      seed=cfg.run.seed)  # fmt: skip
     trajs = expert_trajectories(cfg, work) if dist.get_rank() == 0 else None
     if dist.get_world_size() > 1:
         box = [trajs]
         dist.broadcast_object_list(box, src=0)
         trajs = box[0]
-    optim = replace(cfg.optim, lr=LR, warmup_steps=0, decay_style="cosine", decay_steps=cfg.model.warmstart_steps,
-                    min_lr=LR / 10, grad_clip=1.0)  # fmt: skip
-    learner = Learner(replace(cfg.model, load=""), cfg.parallel, optim, cfg.learner, LossConfig(mode="sft", env_coef=0.0),
-                      seed=cfg.run.seed)  # fmt: skip
     rng = random.Random(cfg.run.seed)
     t0 = time.perf_counter()
     for step in range(cfg.model.warmstart_steps):

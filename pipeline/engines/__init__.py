@@ -4,7 +4,7 @@ from pipeline.engines.base import Engine, EngineConfig, EngineError, Generation,
 
 
 def make_engine(cfg: EngineConfig, hf_dir, *, logprob_temperature: float, seed: int = 0,
-                pad_token_id: int = 0, weights_dir=None) -> Engine:  # fmt: skip
+                pad_token_id: int = 0, weights_dir=None, max_model_len: int | None = None) -> Engine:  # fmt: skip
     """The configured engine; ``hf_dir`` holds the model's config.json (and weights for vllm)."""
     if cfg.backend == "hf":
         from pipeline.engines.hf import HFEngine
@@ -15,7 +15,7 @@ def make_engine(cfg: EngineConfig, hf_dir, *, logprob_temperature: float, seed: 
         from pipeline.engines.vllm import VLLMEngine
 
         return VLLMEngine(hf_dir, logprob_temperature=logprob_temperature, max_batch=cfg.max_batch,
-                          batch_wait_ms=cfg.batch_wait_ms, seed=seed, **cfg.vllm_kwargs)  # fmt: skip
+                          batch_wait_ms=cfg.batch_wait_ms, seed=seed, max_model_len=max_model_len, **cfg.vllm_kwargs)  # fmt: skip
     from pipeline.engines.vllm_server import VLLMServerEngine
 
     return VLLMServerEngine(cfg.server_urls, weights_dir=weights_dir or f"{hf_dir}/stream",

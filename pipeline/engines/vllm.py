@@ -40,7 +40,7 @@ class WeightLoader:
 
 class VLLMEngine(BatchingEngine):
     def __init__(self, hf_dir: str | Path, *, logprob_temperature: float = 1.0, max_batch: int = 64,
-                 batch_wait_ms: float = 5.0, seed: int = 0, **llm_kwargs):  # fmt: skip
+                 batch_wait_ms: float = 5.0, seed: int = 0, max_model_len: int | None = None, **llm_kwargs):  # fmt: skip
         from vllm import LLM
 
         self.logprob_temperature = logprob_temperature
@@ -48,7 +48,7 @@ class VLLMEngine(BatchingEngine):
         self.logprobs_mode = mode
         kwargs = dict(dtype="float32", enforce_eager=True, gpu_memory_utilization=0.1, seed=seed,
                       skip_tokenizer_init=True, logprobs_mode=mode,
-                      worker_extension_cls=f"{__name__}.WeightLoader")  # fmt: skip
+                      worker_extension_cls=f"{__name__}.WeightLoader", max_model_len=max_model_len)  # fmt: skip
         kwargs.update(llm_kwargs)
         self.llm = LLM(model=str(hf_dir), **kwargs)
         super().__init__(max_batch, batch_wait_ms)

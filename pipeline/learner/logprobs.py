@@ -5,8 +5,8 @@ Where it sits: learner forward (output layer) → **token_logprobs** → losses 
 One call gives ``log p(target_i)`` for every position from the local vocab shard
 ``logits: [N, V/tp]``. Implementations (``impl``):
 
-- ``te``: Transformer Engine's ``parallel_cross_entropy`` (Triton, TP group) through
-  Megatron-Core's wrapper. GPU only. It writes the gradient into the logits buffer in
+- ``te``: Transformer Engine's ``parallel_cross_entropy`` (Triton, TP group), called with
+  the arguments Megatron-Core's ``te_parallel_cross_entropy`` wrapper uses. GPU only. It writes the gradient into the logits buffer in
   place, so no [N × V] fp32 tensor is ever materialized.
 - ``chunked``: ours, for CPU (and any device without TE). Same contract as TE's
   kernel: fp32 math on ``chunk_rows`` rows at a time (extra memory O(chunk_rows · V)),
@@ -135,15 +135,15 @@ def token_logprobs(
             _mask_padding_(x, vocab_size, tp_group)
         return -vocab_parallel_cross_entropy(x, targets).float()
     if impl == "te":
-        from megatron.core.extensions.transformer_engine import te_parallel_cross_entropy
-
-        if te_parallel_cross_entropy is None:
-            raise RuntimeError("logprob_impl=te needs Transformer Engine (GPU); use chunked")
+        try:  # TE's Triton kernel, called as Megatron-Core's te_parallel_cross_entropy does
+            from transformer_engine.pytorch.cross_entropy import parallel_cross_entropy
+        except ImportError as e:
+            raise RuntimeError("logprob_impl=te needs Transformer Engine (GPU); use chunked") from e
         if temperature != 1.0:
             logits = logits / temperature
         if Vl * tp_size != vocab_size:
             _mask_padding_(logits, vocab_size, tp_group)
         x = logits if logits.dim() == 3 else logits.reshape(-1, 1, Vl)
         t = targets if targets.dim() == 2 else targets.reshape(-1, 1)
-        return -te_parallel_cross_entropy(x, t, tp_group).float().view(lead)
+        return -parallel_cross_entropy(x, t, 0.0, False, tp_group).float().view(lead)
     raise ValueError(f"unknown logprob impl {impl!r}")

