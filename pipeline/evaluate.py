@@ -5,6 +5,7 @@ tracking.
 
 - pass@k: ``samples`` episodes per held-out task at ``temperature``; the unbiased estimator
   ``1 - C(n-c, k) / C(n, k)`` averaged over tasks (Chen et al. 2021); per family too.
+  Logged as ``eval/pass_at_k`` (MLflow allows no ``@`` in metric names).
 - World-model probe (the paper's evidence that ECHO learns terminal dynamics): the
   learner's mean CE on the OUTPUT tokens of a fixed held-out set of trajectories made by
   a *different* policy — the scripted expert on the held-out tasks, saved once as JSONL
@@ -62,14 +63,14 @@ def pass_metrics(trajectories: list[Trajectory], ks: list[int], families: dict[s
                      **{f"pass@{k}": pass_at_k(n, c, k) for k in ks if k <= n}})  # fmt: skip
     for k in ks:
         vals = [r[f"pass@{k}"] for r in rows if f"pass@{k}" in r]
-        metrics[f"eval/pass@{k}"] = sum(vals) / len(vals) if vals else 0.0
+        metrics[f"eval/pass_at_{k}"] = sum(vals) / len(vals) if vals else 0.0
         fam: dict[str, list[float]] = defaultdict(list)
         for r in rows:
             if f"pass@{k}" in r and r["family"]:
                 fam[r["family"]].append(r[f"pass@{k}"])
         if k == 1:
             for f, v in fam.items():
-                metrics[f"eval/pass@1/{f}"] = sum(v) / len(v)
+                metrics[f"eval/pass_at_1/{f}"] = sum(v) / len(v)
     metrics["eval/infra_errors"] = float(sum(t.infra_error for t in trajectories))
     return metrics, rows
 

@@ -142,7 +142,7 @@ def _evaluate(cfg, learner, engine, backend, chat, eval_tasks, tracker, run_dir,
 
 def _print_step(step: int, total: int, m: dict) -> None:
     probe = f" probe_ce {m['probe/output_ce']:.3f}" if "probe/output_ce" in m else ""
-    ev = f" eval_pass@1 {m['eval/pass@1']:.2f}" if "eval/pass@1" in m else ""
+    ev = f" eval_pass@1 {m['eval/pass_at_1']:.2f}" if "eval/pass_at_1" in m else ""
     print(
         f"step {step + 1}/{total}: pass {m['rollout/pass_rate']:.2f} loss {m['loss']:.4f} pg {m['pg_loss']:.4f} "
         f"env_ce {m['env_ce_output']:.3f} |Δlogp| {m['logprob_abs_gap']:.2e} turns {m['rollout/turns']:.1f}"

@@ -96,7 +96,7 @@ def read_metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, floa
     return sorted((m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key))
 
 
-CURVES = ("rollout/pass_rate", "eval/pass@1", "loss", "pg_loss", "env_ce_output", "probe/output_ce",
+CURVES = ("rollout/pass_rate", "eval/pass_at_1", "loss", "pg_loss", "env_ce_output", "probe/output_ce",
           "logprob_abs_gap", "rollout/turns")  # fmt: skip
 
 
