@@ -68,9 +68,10 @@ def train(cfg: Config) -> dict:
     eval_tasks = sampler.eval_tasks() if rank0 else []
     try:
         sync_engine(learner, engine)
-        if learner.step == 0 and cfg.eval.every:
-            _evaluate(cfg, learner, engine, backend, chat, eval_tasks, tracker, run_dir, step=0)
-            if tracker:
+        if learner.step == 0 and cfg.eval.every and not _bcast_flag(tracker and tracker.has_step("eval/pass_at_1", 0)):
+            ev = _evaluate(cfg, learner, engine, backend, chat, eval_tasks, tracker, run_dir, step=0)
+            if tracker:  # evaluations are logged at the weights version they measured
+                tracker.log_step(0, ev)
                 tracker.commit()
         for step in range(learner.step, cfg.run.steps):
             t0 = time.perf_counter()
@@ -97,12 +98,15 @@ def train(cfg: Config) -> dict:
             sync_engine(learner, engine)
             t3 = time.perf_counter()
             metrics.update({"time/rollout_s": t_rollout, "time/learner_s": t2 - t1, "time/sync_s": t3 - t2})
+            ev = {}
             if cfg.eval.every and (step + 1) % cfg.eval.every == 0 or step + 1 == cfg.run.steps:
-                metrics.update(_evaluate(cfg, learner, engine, backend, chat, eval_tasks, tracker, run_dir, step + 1))
+                ev = _evaluate(cfg, learner, engine, backend, chat, eval_tasks, tracker, run_dir, learner.step)
             metrics["time/step_s"] = time.perf_counter() - t0
             if rank0:
                 tracker.log_step(step, metrics)
-                _print_step(step, cfg.run.steps, metrics)
+                if ev:
+                    tracker.log_step(learner.step, ev)
+                _print_step(step, cfg.run.steps, {**metrics, **ev})
             every = cfg.learner.checkpoint_every
             if (every and (step + 1) % every == 0) or step + 1 == cfg.run.steps:
                 learner.save(str(ckpt_dir))
@@ -115,6 +119,10 @@ def train(cfg: Config) -> dict:
         if tracker is not None:
             tracker.close()
     return summary
+
+
+def _bcast_flag(flag) -> bool:
+    return bool(_broadcast(bool(flag)))
 
 
 def _broadcast(trajs):

@@ -73,6 +73,12 @@ class Tracker:
                 client.log_batch(self.run_id, metrics=batch[i : i + 1000])
         self._pending.clear()
 
+    def has_step(self, key: str, step: int) -> bool:
+        """Whether MLflow already holds ``key`` at ``step`` (a resumed run must not log it again)."""
+        if not self.enabled:
+            return False
+        return any(s == step for s, _ in read_metric_history(self.uri, self.run_id, key))
+
     def log_artifact(self, path: str | Path, subdir: str | None = None) -> None:
         if self.enabled and Path(path).exists():
             self.mlflow.log_artifact(str(path), artifact_path=subdir)

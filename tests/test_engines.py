@@ -95,5 +95,7 @@ def test_vllm_cpu_rollout_end_to_end(tmp_path, task_rootfs):
     assert s["outputs"] + s["warnings"] > 0  # every turn got an observation
     assert s["max_gap"] < 1e-3, s  # vLLM's sampler log-probs = transformers' forward on the same weights
     assert s["version"] == 1 and s["gen_version"] == 1
+    # after update_weights vLLM samples from the new weights (a tied lm_head included), not the old
+    assert s["new_weights_gap"] < 1e-3 < s["old_weights_gap"], s
     html = (tmp_path / "vllm.html").read_text()
     assert "ACTION" in html and "WARNING" in html or "OUTPUT" in html

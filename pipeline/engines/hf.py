@@ -66,6 +66,8 @@ class HFEngine(BatchingEngine):
             ids[i, width - len(p):] = torch.tensor(p)
             mask[i, width - len(p):] = 1
         stop = sorted({s for p in params for s in p.stop_token_ids})
+        if params[0].seed is not None:  # reproducible when batches are (max_batch=1, or one episode at a time)
+            torch.manual_seed(params[0].seed)
         res = self.model.generate(
             input_ids=ids, attention_mask=mask, do_sample=True, temperature=params[0].temperature,
             top_p=params[0].top_p, top_k=0, max_new_tokens=max(p.max_tokens for p in params),

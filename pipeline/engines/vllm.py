@@ -5,8 +5,9 @@ weights stream → ``update_weights`` → each vLLM worker's ``model.load_weight
 
 Weights travel through ``LLM.collective_rpc`` to ``WeightLoader.echo_load_weights``, a
 worker extension (vLLM's ``worker_extension_cls``, as in its RLHF examples): one call per
-bucket, the tensors serialized by vLLM's own IPC; the worker loads HF-named tensors with
-the model's ``load_weights`` (which fuses q/k/v and gate/up itself).
+version (buckets staged and checksummed first), as safetensors bytes (a host copy: right for CPU and small models; a
+GPU cluster wants CUDA IPC or NCCL here, not built); the worker loads HF-named tensors
+with the model's ``load_weights`` (which fuses q/k/v and gate/up itself).
 
 Log-probs: vLLM reports ``raw_logprobs`` (T = 1) by default and ``processed_logprobs``
 (after temperature) on request; the engine picks the mode that matches the learner's
@@ -17,16 +18,34 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.engines.base import BatchingEngine, EngineError, Generation
+from pipeline.engines.base import BatchingEngine, EngineError, Generation, apply_buckets
 
 
 class WeightLoader:
     """vLLM worker extension (runs inside each vLLM worker)."""
 
-    def echo_load_weights(self, items) -> int:
+    def echo_load_weights(self, payload: bytes) -> int:
+        """``payload``: one bucket as safetensors bytes (vLLM's RPC carries bytes as they are)."""
+        from safetensors.torch import load
+
+        return self._load(list(load(payload).items()))
+
+    def _load(self, items) -> int:
+        # vLLM's in-place reload: load_weights, then redo the post-load processing (CPU
+        # kernels repack weights, so a bare model.load_weights would not reach them)
+        self.reload_weights(weights_iterator=iter(items), is_checkpoint_format=True)  # type: ignore[attr-defined]
         model = self.model_runner.model  # type: ignore[attr-defined]
-        loaded = model.load_weights(weights=iter(items))
-        return len(loaded) if loaded is not None else len(items)
+        head, embed = getattr(model, "lm_head", None), getattr(getattr(model, "model", None), "embed_tokens", None)
+        if getattr(model.config, "tie_word_embeddings", False) and head is not None and embed is not None:
+            # A tied lm_head is never "loaded", so the reload does not redo its post-load step;
+            # on CPU that step packs the weight for the GEMM kernel, and the head kept sampling
+            # from the old weights (measured: a 0.1 log-prob error after an update). Redo it.
+            if head.weight.data_ptr() != embed.weight.data_ptr():
+                head.weight.data.copy_(embed.weight.data)
+            method = getattr(head, "quant_method", None)
+            if method is not None and hasattr(method, "process_weights_after_loading"):
+                method.process_weights_after_loading(head)
+        return len(items)
 
     def echo_load_weights_from_dir(self, path_json: str) -> int:
         """Server transport: load ``model.safetensors`` from a shared directory."""
@@ -35,7 +54,7 @@ class WeightLoader:
         from safetensors.torch import load_file
 
         tensors = load_file(f"{json.loads(path_json)}/model.safetensors")
-        return self.echo_load_weights(list(tensors.items()))
+        return self._load(list(tensors.items()))
 
 
 class VLLMEngine(BatchingEngine):
@@ -53,9 +72,22 @@ class VLLMEngine(BatchingEngine):
         self.llm = LLM(model=str(hf_dir), **kwargs)
         super().__init__(max_batch, batch_wait_ms)
 
+    def update_weights(self, buckets):
+        """Stage one version's buckets (checked by ``apply_buckets``), then reload once: vLLM's
+        in-place reload re-processes whole layers, so it gets the complete set."""
+        staged: dict = {}
+        with self._lock:
+            version = apply_buckets(buckets, lambda items: staged.update(
+                {n: t.detach().cpu().contiguous() for n, t in items}))  # fmt: skip
+            self.load_weights(list(staged.items()))
+            self.policy_version = version
+        return version
+
     def load_weights(self, items) -> None:
-        items = [(n, t.detach().cpu().contiguous()) for n, t in items]
-        self.llm.collective_rpc("echo_load_weights", args=(items,))
+        """Reload these HF-named tensors in every vLLM worker now."""
+        from safetensors.torch import save
+
+        self.llm.collective_rpc("echo_load_weights", args=(save({n: t.detach().cpu().contiguous() for n, t in items}),))
 
     def generate_batch(self, prompts, params):
         from vllm import SamplingParams as VSP

@@ -61,6 +61,11 @@ class RolloutConfig:
         return errs
 
 
+# Tokens kept free for the closing text (the context warning's tool turn, the template's
+# tail); and the fewest tokens an action is given before the budget ends the episode.
+_RESERVE, _MIN_ACTION = 64, 16
+
+
 class _Episode:
     """The growing token record of one episode."""
 
@@ -118,12 +123,12 @@ def _play(ep: _Episode, engine: Engine, backend: SandboxBackend, chat: ChatForma
           sandbox_cfg: SandboxConfig, seed: int | None) -> float:  # fmt: skip
     messages = chat.messages(ep.task.instruction)
     ep.add(chat.prompt(messages), 0)
-    if len(ep.ids) + 16 > cfg.max_context_tokens:
+    if len(ep.ids) + _RESERVE + _MIN_ACTION > cfg.max_context_tokens:
         raise ValueError(f"task {ep.task.task_id}: the prompt has {len(ep.ids)} tokens, over "
                          f"rollout.max_context_tokens={cfg.max_context_tokens}")  # fmt: skip
     with backend.start(task_dir=ep.task.task_dir, episode=f"{ep.group_id}") as box:
         for turn in range(cfg.max_turns):
-            budget = cfg.max_context_tokens - len(ep.ids)
+            budget = cfg.max_context_tokens - len(ep.ids) - _RESERVE  # ≥ _MIN_ACTION (checked below)
             gen = engine.submit(ep.ids, SamplingParams(
                 temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=min(cfg.max_tokens_per_turn, budget),
                 stop_token_ids=[chat.stop_token_id], seed=None if seed is None else seed + turn,
@@ -158,7 +163,8 @@ def _play(ep: _Episode, engine: Engine, backend: SandboxBackend, chat: ChatForma
                 parts.append((f"WARNING: turn limit of {cfg.max_turns} reached, the episode ends", "warning"))
             parts = join_lines(parts)
             seg = chat.observation(messages, parts, final=final)
-            if not final and len(ep.ids) + len(seg.token_ids) + 16 > cfg.max_context_tokens:
+            room = cfg.max_context_tokens - len(ep.ids) - len(seg.token_ids)
+            if room < (0 if final else _RESERVE + _MIN_ACTION):
                 final = True
                 ep.meta["finish_reason"] = "context"
                 parts = [(f"WARNING: context budget of {cfg.max_context_tokens} tokens used up, the episode ends", "warning")]

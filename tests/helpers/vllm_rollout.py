@@ -16,6 +16,7 @@ def main(out: Path, rootfs: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
+    from pipeline.engines.base import SamplingParams
     from pipeline.engines.vllm import VLLMEngine
     from pipeline.rollout.chat import ChatFormat, load_tokenizer
     from pipeline.rollout.loop import RolloutConfig, run_rollouts
@@ -61,12 +62,23 @@ def main(out: Path, rootfs: str) -> None:
         digest.update(n, p)
     version = engine.update_weights([WeightBucket(1, 0, items[:5]), WeightBucket(1, 1, items[5:], last=True,
                                                                                   checksum=digest.hexdigest())])
-    gen = engine.submit(trajs[0].token_ids[:20], __import__("pipeline.engines", fromlist=["SamplingParams"]).SamplingParams(max_tokens=4)).result()
+    prompt = trajs[0].token_ids[:20]
+    gen = engine.submit(prompt, SamplingParams(max_tokens=8)).result()
     engine.close()
+    # the new weights are in use: the sampler's log-probs are those of the halved model
+    with torch.no_grad():
+        ids = torch.tensor([prompt + gen.token_ids])
+        old = torch.log_softmax(hf(ids).logits.float(), -1)[0, len(prompt) - 1 : -1]
+        old_gap = float((old.gather(-1, torch.tensor(gen.token_ids)[:, None])[:, 0] - torch.tensor(gen.logprobs)).abs().max())
+        hf.load_state_dict(new, strict=False)
+        ids = torch.tensor([prompt + gen.token_ids])
+        ref = torch.log_softmax(hf(ids).logits.float(), -1)[0, len(prompt) - 1 : -1]
+        ref = ref.gather(-1, torch.tensor(gen.token_ids)[:, None])[:, 0]
+    new_gap = float((ref - torch.tensor(gen.logprobs)).abs().max())
     summary = {
         "n": len(trajs), "actions": sum(t.num_tokens(1) for t in trajs), "outputs": sum(t.num_tokens(2) for t in trajs),
         "warnings": sum(t.num_tokens(3) for t in trajs), "infra": sum(t.infra_error for t in trajs),
-        "max_gap": max(gaps), "mean_gap": sum(gaps) / len(gaps), "version": version, "gen_version": gen.policy_version,
+        "max_gap": max(gaps), "mean_gap": sum(gaps) / len(gaps), "version": version, "gen_version": gen.policy_version, "new_weights_gap": new_gap, "old_weights_gap": old_gap,
         "roles_ok": all(len(t.token_ids) == len(t.roles) for t in trajs),
     }
     (out / "summary.json").write_text(json.dumps(summary))
