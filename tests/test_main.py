@@ -71,7 +71,7 @@ def test_tiny_recipe_trains_end_to_end_with_warm_start_and_mlflow(tmp_path, task
 def test_kill_9_then_the_same_command_resumes_exactly(tmp_path, task_rootfs):
     # random-init policy: its actions are never valid tool calls, so every observation is a
     # deterministic WARNING; seeded one-at-a-time sampling makes the rollouts reproducible
-    det = ["model.load=", "model.warmstart_steps=0", "engine.max_batch=1", "rollout.max_concurrent_episodes=1",
+    det = ["model.load=''", "model.warmstart_steps=0", "engine.max_batch=1", "rollout.max_concurrent_episodes=1",
            "loss.env_targets=output+warning", "run.steps=4", "eval.probe=false", *SMALL]  # fmt: skip
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     rc, out = run("train", "configs/tiny.yaml", f"run.output_dir={ref}", *det)
@@ -96,7 +96,7 @@ def test_kill_9_then_the_same_command_resumes_exactly(tmp_path, task_rootfs):
 
 @pytest.mark.slow
 def test_nan_loss_stops_with_a_message_or_is_skipped_and_counted(tmp_path, task_rootfs):
-    base = ["model.load=", "model.warmstart_steps=0", "run.steps=2", "loss.env_coef=nan", "eval.probe=false",
+    base = ["model.load=''", "model.warmstart_steps=0", "run.steps=2", "loss.env_coef=nan", "eval.probe=false",
             "loss.env_targets=output+warning", *SMALL]  # fmt: skip
     rc, out = run("train", "configs/tiny.yaml", f"run.output_dir={tmp_path / 'stop'}", *base)
     assert rc == 1 and "non-finite loss" in out and "learner.on_nonfinite=skip" in out
