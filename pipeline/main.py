@@ -27,7 +27,7 @@ from pipeline.evaluate import eval_rollouts, expert_probe_set, world_model_probe
 from pipeline.learner import checkpoint
 from pipeline.learner.learner import Learner
 from pipeline.rollout.chat import ChatFormat, load_tokenizer
-from pipeline.rollout.loop import rollout_metrics, run_rollouts
+from pipeline.rollout.loop import passes_filters, rollout_metrics, run_rollouts
 from pipeline.sandbox import make_backend
 from pipeline.tasks.sets import TaskSampler
 from pipeline.tracking import Tracker
@@ -89,6 +89,9 @@ def train(cfg: Config) -> dict:
                 raise RunError(f"step {step}: {metrics['rollout/infra_errors']:.0f} of {len(trajs)} episodes "
                                f"failed on infrastructure (see 'infra_error' in {run_dir}/trajectories/"
                                f"step_{step:06d}.jsonl); over run.max_infra_error_frac={cfg.run.max_infra_error_frac}")  # fmt: skip
+            if cfg.rollout.train_filters:  # e.g. env_only: learn only from clean episodes
+                trajs = [t for t in trajs if passes_filters(t, cfg.rollout.train_filters)]
+                metrics["rollout/kept_by_filters"] = float(len(trajs))
             adv = group_advantages(trajs, cfg.advantages)
             t1 = time.perf_counter()
             shards = pack_micro_batches(trajs, adv, cfg.learner.micro_batch_tokens, num_shards=learner.topo.dp,

@@ -140,7 +140,10 @@ def token_logprobs(
         except ImportError as e:
             raise RuntimeError("logprob_impl=te needs Transformer Engine (GPU); use chunked") from e
         if temperature != 1.0:
-            logits = logits / temperature
+            # scale in fp32: bf16 logits / T rounded back to bf16 cost up to 0.07 nats per
+            # token (measured on an H100, V=151,936, T=0.8); this holds an fp32 copy (2× the
+            # bf16 logits bytes), which T = 1 never needs
+            logits = logits.float() / temperature
         if Vl * tp_size != vocab_size:
             _mask_padding_(logits, vocab_size, tp_group)
         x = logits if logits.dim() == 3 else logits.reshape(-1, 1, Vl)

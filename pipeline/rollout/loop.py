@@ -32,6 +32,18 @@ from pipeline.tasks.base import Task, VerifierError, run_verifier
 from pipeline.trajectory import Role, Trajectory
 
 
+# Quality filters for training data (env_only: learning without a verifier).
+TRAIN_FILTERS = {
+    "tool_calls_parsed": lambda t: t.metadata.get("tool_errors", 0) == 0,  # every tool call parsed
+    "finished": lambda t: t.metadata.get("finish_reason") == "finish",  # the agent called finish
+    "no_truncation": lambda t: not (t.metadata.get("truncated_actions") or t.metadata.get("truncated_outputs")),
+}
+
+
+def passes_filters(t: Trajectory, filters: list[str]) -> bool:
+    return not t.infra_error and all(TRAIN_FILTERS[f](t) for f in filters)
+
+
 @dataclass
 class RolloutConfig:
     group_size: int = 8  # G samples per task (GRPO group)
@@ -44,6 +56,7 @@ class RolloutConfig:
     max_concurrent_episodes: int = 16  # episodes in flight (sandboxes open at once)
     infra_retries: int = 1  # fresh attempts of an episode after an infrastructure failure
     template_kwargs: dict = field(default_factory=dict)  # extra chat-template arguments (e.g. enable_thinking)
+    train_filters: list[str] = field(default_factory=list)  # keep for training only episodes that pass: tool_calls_parsed, finished, no_truncation
 
     def check(self) -> list[tuple[str, str]]:
         errs = []
@@ -56,6 +69,9 @@ class RolloutConfig:
             errs.append(("temperature", f"must be > 0, got {self.temperature}"))
         if self.max_context_tokens < self.max_tokens_per_turn:
             errs.append(("max_context_tokens", f"must be ≥ max_tokens_per_turn ({self.max_tokens_per_turn})"))
+        bad = [f for f in self.train_filters if f not in TRAIN_FILTERS]
+        if bad:
+            errs.append(("train_filters", f"unknown {bad}; known: {sorted(TRAIN_FILTERS)}"))
         if self.infra_retries < 0:
             errs.append(("infra_retries", f"must be ≥ 0, got {self.infra_retries}"))
         return errs

@@ -122,10 +122,12 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=2048, help="micro-batch tokens (no flash attention without TE)")
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--impls", default="chunked,megatron", help="log-prob impls to check (te needs TE)")
+    ap.add_argument("--temperatures", default="0.8", help="comma-separated T for the log-prob check")
     ap.add_argument("--no-learner", action="store_true", help="only the log-prob check")
     ap.add_argument("--out", default="")
     a = ap.parse_args()
-    res = {"logprobs": logprob_check(a.impls.split(","))}
+    res = {"logprobs": [dict(r, T=float(T)) for T in a.temperatures.split(",")
+                        for r in logprob_check(a.impls.split(","), T=float(T))]}  # fmt: skip
     for r in res["logprobs"]:
         print(r)
     if not a.no_learner:
