@@ -146,7 +146,7 @@ def test_exported_dir_generates_in_vllm(tmp_path):
         "from vllm import LLM, SamplingParams\n"
         "if __name__ == '__main__':\n"
         f"    llm = LLM(model={str(tmp_path / 'out')!r}, dtype='float32', enforce_eager=True,\n"
-        "              gpu_memory_utilization=0.1, skip_tokenizer_init=True)\n"
+        "              gpu_memory_utilization=0.1, skip_tokenizer_init=True, max_model_len=512)\n"
         "    out = llm.generate([{'prompt_token_ids': [1, 2, 3]}], SamplingParams(max_tokens=4, logprobs=1))\n"
         "    print('TOKENS', len(out[0].outputs[0].token_ids))\n"
     )
