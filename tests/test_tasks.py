@@ -1,9 +1,6 @@
 """Task sets in a real sandbox: every generated family's solution scores 1 and doing
 nothing scores 0; Harbor and Terminal-Bench task dirs load and run their tests."""
 
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -12,17 +9,11 @@ from pipeline.sandbox.bwrap import BwrapBackend
 from pipeline.tasks import TaskFormatError, VerifierError, load_task, run_verifier
 from pipeline.tasks.generator import FAMILIES, generate
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def backend(tmp_path_factory):
-    if shutil.which("bwrap") is None:
-        pytest.skip("bubblewrap is not installed")
-    out = subprocess.run(["bash", str(ROOT / "tools/build_rootfs.sh")], capture_output=True, text=True)
-    if out.returncode != 0:
-        pytest.skip(f"no rootfs: {out.stderr[-300:]}")
-    cfg = SandboxConfig(rootfs=out.stdout.strip().splitlines()[-1], timeout_s=20)
+def backend(tmp_path_factory, task_rootfs):
+    cfg = SandboxConfig(rootfs=task_rootfs, timeout_s=20)
     return BwrapBackend(cfg, root=tmp_path_factory.mktemp("sandboxes"))
 
 
