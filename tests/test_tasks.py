@@ -1,7 +1,6 @@
 """Task sets in a real sandbox: every generated family's solution scores 1 and doing
 nothing scores 0; Harbor and Terminal-Bench task dirs load and run their tests."""
 
-
 import pytest
 
 from pipeline.sandbox import SandboxConfig

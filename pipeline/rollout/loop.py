@@ -238,6 +238,10 @@ def rollout_metrics(trajectories: list[Trajectory]) -> dict[str, float]:
         m[f"rollout/finish_{reason}"] = float(sum(t.metadata.get("finish_reason") == reason for t in ok))
     for role in Role:
         m[f"rollout/tokens_{role.name.lower()}"] = float(sum(t.num_tokens(role) for t in trajectories))
+    # −log p of the sampled ACTION tokens: a Monte-Carlo estimate of the policy's per-token
+    # entropy (exact in expectation when the log-prob temperature is the sampling one)
+    lps = [lp for t in ok for r, lp in zip(t.roles, t.sampler_logprobs) if r == Role.ACTION]
+    m["rollout/action_nll"] = -sum(lps) / max(len(lps), 1)
     seconds = [t.metadata.get("rollout_s", 0.0) for t in ok]
     m["rollout/episode_s"] = sum(seconds) / max(len(seconds), 1)
     return m
