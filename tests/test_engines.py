@@ -99,3 +99,67 @@ def test_vllm_cpu_rollout_end_to_end(tmp_path, task_rootfs):
     assert s["new_weights_gap"] < 1e-3 < s["old_weights_gap"], s
     html = (tmp_path / "vllm.html").read_text()
     assert "ACTION" in html and "WARNING" in html or "OUTPUT" in html
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_vllm_server_engine_against_a_live_server(tmp_path):
+    """`vllm serve` (the OpenAI API server, CPU build) with our worker extension: token ids in,
+    token ids + log-probs out; weights through a shared directory and /collective_rpc."""
+    pytest.importorskip("vllm", reason="vLLM's CPU build is not installed")
+    import os
+    import shutil
+    import signal
+    import time
+
+    import requests
+    from transformers import AutoModelForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    from pipeline.engines.vllm_server import VLLMServerEngine
+    from tests.helpers.dist import free_port
+
+    torch.manual_seed(0)
+    cfg = Qwen3Config(vocab_size=1152, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, head_dim=64, tie_word_embeddings=True)  # fmt: skip
+    Qwen3ForCausalLM(cfg).save_pretrained(tmp_path / "m")
+    for f in (ROOT / "configs/tokenizer/tiny").iterdir():  # the completions API detokenizes
+        shutil.copy(f, tmp_path / "m" / f.name)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tmp_path / "m"), "--dtype", "float32",
+         "--enforce-eager", "--gpu-memory-utilization", "0.1", "--max-model-len", "512", "--port", str(port),
+         "--worker-extension-cls", "pipeline.engines.vllm.WeightLoader"],
+        env=dict(os.environ, VLLM_SERVER_DEV_MODE="1"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 300
+        while True:
+            assert server.poll() is None and time.time() < deadline, "vllm server did not come up"
+            try:
+                if requests.get(f"{url}/v1/models", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                time.sleep(2)
+        engine = VLLMServerEngine([url], weights_dir=tmp_path / "stream")
+        hf = AutoModelForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.float32).eval()
+
+        def gap(prompt, g):
+            ids = torch.tensor([prompt + g.token_ids])
+            with torch.no_grad():
+                lp = torch.log_softmax(hf(ids).logits.float(), -1)[0, len(prompt) - 1 : -1]
+            return float((lp.gather(-1, torch.tensor(g.token_ids)[:, None])[:, 0] - torch.tensor(g.logprobs)).abs().max())
+
+        prompt = [1, 2, 3, 4, 5]
+        g = engine.submit(prompt, SamplingParams(max_tokens=6)).result()
+        assert len(g.token_ids) == 6 and g.finish_reason == "length" and gap(prompt, g) < 1e-3
+        halved = {n: p.detach().clone() * 0.5 for n, p in hf.named_parameters()}
+        hf.load_state_dict(halved, strict=False)
+        assert engine.update_weights(buckets_of(hf, version=1)) == 1
+        g = engine.submit(prompt, SamplingParams(max_tokens=6)).result()
+        assert g.policy_version == 1 and gap(prompt, g) < 1e-3  # the server samples from the new weights
+        engine.close()
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)

