@@ -92,7 +92,8 @@ class Tracker:
 
 
 def _finite_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)) or isinstance(v, bool)
+    """MLflow takes finite numbers only (bools count as 0/1)."""
+    return isinstance(v, (int, float)) and math.isfinite(float(v))
 
 
 def read_metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
