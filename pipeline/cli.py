@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     smoke = sub.add_parser("learner-smoke", help="Megatron learner steps on synthetic trajectories")
     _add_config_args(smoke)
     sub.add_parser("convert", help="checkpoint export/import/verify (tools/convert.py)", add_help=False)
+    sub.add_parser("microcosm", help="the maze microcosm: supervised | rl | probe | env_only", add_help=False)
     sb = sub.add_parser("sandbox", help="run commands in a task's sandbox as the agent would")
     sb_sub = sb.add_subparsers(dest="sandbox_command", required=True)
     ex = sb_sub.add_parser("exec", help="print exactly the observation the agent would see for CMD")
@@ -71,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if argv[:1] == ["sandbox"]:
         return _sandbox(parser.parse_args(argv))
+    if argv[:1] == ["microcosm"]:
+        from pipeline.microcosm import main as microcosm_main
+
+        return microcosm_main(argv[1:])
     if argv[:1] == ["convert"]:
         from tools.convert import main as convert_main
 

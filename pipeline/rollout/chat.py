@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.rollout.toolcalls import parse_tool_call
 from pipeline.trajectory import Role
 
 SENTINEL = "\x00ECHO_OBSERVATION\x00"
@@ -111,6 +112,10 @@ class ChatFormat:
         if token_ids and token_ids[-1] == self.stop_token_id:
             token_ids = token_ids[:-1]
         return self.tok.decode(token_ids, skip_special_tokens=False)
+
+    def parse_action(self, text: str):
+        """The action's tool call (``ToolCall``; malformed → ``error`` holds the WARNING)."""
+        return parse_tool_call(text)
 
     def escape(self, text: str) -> str:
         """Break up special-token strings in terminal text (a file holding ``<|im_end|>`` must

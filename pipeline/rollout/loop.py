@@ -11,7 +11,8 @@ One episode::
         └── observation (PROMPT scaffolding,├─ bash CMD → sandbox.exec → OUTPUT (+ WARNING notices)
             OUTPUT, WARNING) ◄──────────────└─ malformed → WARNING text
 
-The episode ends on ``finish``, after ``max_turns`` actions, or when the context budget
+The episode ends on ``finish``, when the environment says it is done (a maze's goal),
+after ``max_turns`` actions, or when the context budget
 cannot fit another turn (each ends with a WARNING saying why). Then the task's tests run.
 A sandbox that dies, a verifier that crashes or an engine failure marks the trajectory
 ``infra_error`` (excluded from advantages and the loss, never reward 0), after up to
@@ -26,7 +27,6 @@ from dataclasses import dataclass, field
 
 from pipeline.engines.base import Engine, EngineError, SamplingParams
 from pipeline.rollout.chat import ChatFormat, Segment
-from pipeline.rollout.toolcalls import parse_tool_call
 from pipeline.sandbox.base import SandboxBackend, SandboxConfig, SandboxError, join_lines
 from pipeline.tasks.base import Task, VerifierError, run_verifier
 from pipeline.trajectory import Role, Trajectory
@@ -158,7 +158,7 @@ def _play(ep: _Episode, engine: Engine, backend: SandboxBackend, chat: ChatForma
                 ep.meta["truncated_actions"] += 1
                 parts.append((f"WARNING: your reply was cut off at {len(gen.token_ids)} tokens", "warning"))
             messages.append({"role": "assistant", "content": chat.decode_action(gen.token_ids)})
-            call = parse_tool_call(messages[-1]["content"])
+            call = chat.parse_action(messages[-1]["content"])
             if call.name == "finish" and not parts:
                 ep.meta["finish_reason"] = "finish"
                 ep.add(chat.closing(messages), turn)
@@ -171,10 +171,12 @@ def _play(ep: _Episode, engine: Engine, backend: SandboxBackend, chat: ChatForma
                 ep.meta["timeouts"] += result.timed_out
                 ep.meta["truncated_outputs"] += result.truncated
                 parts += result.observation(sandbox_cfg)
+                if result.done:  # the environment ended the episode (a maze's goal)
+                    ep.meta["finish_reason"] = "done"
             if call.ignored_calls:
                 parts.append((f"WARNING: only the first tool call runs, {call.ignored_calls} more ignored", "warning"))
-            final = turn == cfg.max_turns - 1
-            if final:
+            final = turn == cfg.max_turns - 1 or ep.meta["finish_reason"] == "done"
+            if final and ep.meta["finish_reason"] != "done":
                 ep.meta["finish_reason"] = "max_turns"
                 parts.append((f"WARNING: turn limit of {cfg.max_turns} reached, the episode ends", "warning"))
             parts = join_lines(parts)
@@ -234,7 +236,7 @@ def rollout_metrics(trajectories: list[Trajectory]) -> dict[str, float]:
     for key in ("num_turns", "tool_errors", "timeouts", "truncated_outputs", "truncated_actions", "role_straddles"):
         total = sum(t.metadata.get(key, 0) for t in ok)
         m[f"rollout/{'turns' if key == 'num_turns' else key}"] = total / max(len(ok), 1) if key == "num_turns" else float(total)
-    for reason in ("finish", "max_turns", "context"):
+    for reason in ("finish", "done", "max_turns", "context"):
         m[f"rollout/finish_{reason}"] = float(sum(t.metadata.get("finish_reason") == reason for t in ok))
     for role in Role:
         m[f"rollout/tokens_{role.name.lower()}"] = float(sum(t.num_tokens(role) for t in trajectories))

@@ -1,4 +1,5 @@
-"""Terminal sandboxes: one interface (``base``), backends ``bwrap`` and ``docker``."""
+"""Terminal sandboxes: one interface (``base``), backends ``bwrap`` and ``docker``
+(and ``maze``, the microcosm's grid world)."""
 
 from pipeline.sandbox.base import ExecResult, Sandbox, SandboxBackend, SandboxConfig, SandboxError
 
@@ -12,7 +13,11 @@ def make_backend(cfg: SandboxConfig) -> SandboxBackend:
         from pipeline.sandbox.docker import DockerBackend
 
         return DockerBackend(cfg)
-    raise SandboxError(f"unknown sandbox backend {cfg.backend!r} (available: bwrap, docker)")
+    if cfg.backend == "maze":
+        from pipeline.sandbox.maze import MazeBackend
+
+        return MazeBackend(cfg)
+    raise SandboxError(f"unknown sandbox backend {cfg.backend!r} (available: bwrap, docker, maze)")
 
 
 __all__ = ["ExecResult", "Sandbox", "SandboxBackend", "SandboxConfig", "SandboxError", "make_backend"]

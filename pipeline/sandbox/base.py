@@ -18,7 +18,7 @@ from pathlib import Path
 
 @dataclass
 class SandboxConfig:
-    backend: str = "bwrap"  # bwrap (no daemon) | docker (Docker Engine API; Podman in CI)
+    backend: str = "bwrap"  # bwrap (no daemon) | docker (Docker Engine API; Podman in CI) | maze (microcosm)
     rootfs: str = ""  # bwrap root filesystem ("" = the cached one from tools/build_rootfs.sh)
     memory_mb: int = 1024  # memory limit of an episode's processes
     pids: int = 256  # process-count limit (fork bombs)
@@ -29,8 +29,8 @@ class SandboxConfig:
 
     def check(self) -> list[tuple[str, str]]:
         errs = []
-        if self.backend not in ("bwrap", "docker"):
-            errs.append(("backend", f"must be bwrap or docker, got {self.backend!r}"))
+        if self.backend not in ("bwrap", "docker", "maze"):
+            errs.append(("backend", f"must be bwrap, docker or maze, got {self.backend!r}"))
         for n in ("memory_mb", "pids", "output_bytes", "drain_bytes"):
             if getattr(self, n) < 1:
                 errs.append((n, f"must be ≥ 1, got {getattr(self, n)}"))
@@ -48,6 +48,7 @@ class ExecResult:
     output_total_bytes: int = 0  # bytes the command wrote (up to drain_bytes + cap)
     duration_s: float = 0.0
     timeout_s: float = 0.0  # the limit this command ran under
+    done: bool = False  # the environment ended the episode (e.g. a maze's goal reached)
 
     def notices(self, cfg: SandboxConfig) -> list[str]:
         """Harness-written text the agent sees after the output (WARNING tokens)."""

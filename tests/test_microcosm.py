@@ -1,0 +1,192 @@
+"""The maze microcosm: the maze world, its protocol through the real agent loop, and each
+experiment end to end at CI size (``configs/microcosm_smoke.yaml``)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.engines.base import BatchingEngine, Generation
+from pipeline.engines.maze import MazeExpertEngine, RandomWalkEngine, distinct_batches
+from pipeline.rollout.loop import RolloutConfig, run_episode, run_rollouts
+from pipeline.rollout.plain import PlainFormat
+from pipeline.sandbox.base import SandboxConfig
+from pipeline.sandbox.maze import MazeBackend
+from pipeline.tasks.base import run_verifier
+from pipeline.tasks.maze import DIRECTIONS, INVALID, Maze, bfs_actions, generate_maze, maze_tasks, maze_tokenizer
+from pipeline.trajectory import Role
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return maze_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture(scope="module")
+def chat(tok):
+    return PlainFormat(tok, actions=tuple(DIRECTIONS), invalid=INVALID)
+
+
+def _cfg(**kw):
+    return RolloutConfig(**{"group_size": 2, "max_turns": 32, "temperature": 1.0, "max_tokens_per_turn": 2,
+                            "max_context_tokens": 400, **kw})  # fmt: skip
+
+
+@pytest.mark.parametrize("size", [3, 6, 9])
+def test_mazes_are_perfect_seeded_and_bfs_walks_the_shortest_path(size):
+    m = generate_maze(size, random.Random(size))
+    assert len(m.open) // 2 == size * size - 1  # a spanning tree: exactly one path between two cells
+    dist = m.distances()
+    assert len(dist) == size * size  # connected
+    assert generate_maze(size, random.Random(size)).to_json() == m.to_json()
+    assert Maze.from_json(m.to_json()).open == m.open
+    path = bfs_actions(m)
+    assert len(path) == dist[m.start] > 0
+    cell = m.start
+    for d in path:
+        assert m.can_move(cell, d)
+        cell = m.step(cell, d)
+    assert cell == m.goal
+    for c, d0 in dist.items():  # in a perfect maze every move changes the distance by exactly 1
+        assert all(abs(dist[m.step(c, d)] - d0) == 1 for d in DIRECTIONS if m.can_move(c, d))
+
+
+def test_the_maze_terminal_answers_moves_walls_the_goal_and_invalid_actions(tmp_path):
+    task = maze_tasks([5], 1, tmp_path, seed=3)[0]
+    m = Maze.from_json((task.task_dir / "maze.json").read_text())
+    with MazeBackend().start(task_dir=task.task_dir) as box:
+        wall = next(d for d in DIRECTIONS if not m.can_move(m.start, d))
+        r = box.exec(wall)
+        assert r.output.startswith("blocked ") and not r.done
+        assert r.observation(SandboxConfig()) == [(r.output, "output")]
+        bad = box.exec("north")
+        assert bad.observation(SandboxConfig()) == [(INVALID, "warning")]
+        assert run_verifier(task, box) == 0.0
+        for d in task.solution.split():
+            r = box.exec(d)
+        assert r.done and r.output.startswith("goal 0 ")
+        assert run_verifier(task, box) == 1.0
+
+
+class _Typist(BatchingEngine):
+    """Types a fixed list of words, one per turn (the model's side of a scripted episode)."""
+
+    def __init__(self, tok, words, stop):
+        self.ids = [tok.convert_tokens_to_ids(w) if w in tok.get_vocab() else tok.unk_token_id for w in words]
+        self.stop = stop
+        super().__init__(8, 0.0)
+
+    def generate_batch(self, prompts, params):
+        return [Generation([self.ids[min(p.count(self.stop), len(self.ids) - 1)], self.stop], [-0.5, -0.1], "stop",
+                           self.policy_version) for p in prompts]  # fmt: skip
+
+    def load_weights(self, items):
+        pass
+
+
+def test_an_episode_through_the_real_agent_loop_has_exact_roles(tmp_path, tok, chat):
+    task = maze_tasks([6], 1, tmp_path, seed=11)[0]
+    m = Maze.from_json((task.task_dir / "maze.json").read_text())
+    wall = next(d for d in DIRECTIONS if not m.can_move(m.start, d))
+    words = [wall, "<unk>", *task.solution.split()]
+    engine = _Typist(tok, words, chat.stop_token_id)
+    try:
+        t = run_episode(task, "g", engine, MazeBackend(), chat, _cfg(), SandboxConfig(backend="maze"))
+    finally:
+        engine.close()
+    assert t.reward == 1.0 and not t.infra_error
+    assert t.metadata["finish_reason"] == "done" and t.metadata["num_turns"] == len(words)
+    assert t.metadata["tool_errors"] == 1
+    spans = {}
+    for ids, role in _runs(t):
+        spans.setdefault(role, []).append(tok.decode(ids))
+    assert spans[Role.PROMPT] == [task.instruction]
+    assert [s.replace(" <eos>", "") for s in spans[Role.ACTION]] == [wall, "<unk>", *task.solution.split()]
+    assert spans[Role.WARNING] == [INVALID]
+    assert spans[Role.OUTPUT][0].startswith("blocked ") and spans[Role.OUTPUT][-1].startswith("goal 0 ")
+    assert len(spans[Role.OUTPUT]) == len(words) - 1  # one response per valid move
+    act = [lp for r, lp in zip(t.roles, t.sampler_logprobs) if r == Role.ACTION]
+    assert act == [-0.5, -0.1] * len(words)
+    assert all(math.isnan(lp) for r, lp in zip(t.roles, t.sampler_logprobs) if r != Role.ACTION)
+
+
+def _runs(t):
+    out, start = [], 0
+    for i in range(1, len(t.roles) + 1):
+        if i == len(t.roles) or t.roles[i] != t.roles[start]:
+            out.append((t.token_ids[start:i], Role(t.roles[start])))
+            start = i
+    return out
+
+
+def test_reference_policies_the_expert_solves_every_maze_the_random_walk_some(tmp_path, tok, chat):
+    tasks = maze_tasks([5, 6], 24, tmp_path, seed=5)
+    cfg, sb = _cfg(max_turns=40), SandboxConfig(backend="maze")
+    expert = []
+    for batch in distinct_batches(tasks):
+        e = MazeExpertEngine(tok, batch, chat.stop_token_id)
+        expert += run_rollouts(batch, e, MazeBackend(), chat, cfg, sb, group_size=1, progress=False)
+        e.close()
+    assert [t.reward for t in expert] == [1.0] * len(tasks)
+    turns = {t.task_id: t.metadata["num_turns"] for t in expert}
+    assert turns == {t.task_id: len(t.solution.split()) for t in tasks}
+    e = RandomWalkEngine(tok, chat.stop_token_id, seed=0)
+    walks = run_rollouts(tasks, e, MazeBackend(), chat, cfg, sb, group_size=4, progress=False)
+    e.close()
+    rate = sum(t.reward for t in walks) / len(walks)
+    assert 0.0 < rate < 1.0
+    assert all(t.metadata["tool_errors"] == 0 for t in walks)  # it only picks open sides
+    assert all(not tok.decode(t.token_ids).count("blocked") for t in walks)
+
+
+def test_config_errors_name_the_key():
+    from pipeline.config import ConfigError
+    from pipeline.microcosm import load_microcosm_config
+
+    with pytest.raises(ConfigError, match="sup_stpes"):
+        load_microcosm_config(str(ROOT / "configs/microcosm.yaml"), ["sup_stpes=3"])
+    with pytest.raises(ConfigError, match="env_only_coef"):
+        load_microcosm_config(str(ROOT / "configs/microcosm.yaml"), ["env_only_coef=0.3"])
+
+
+@pytest.mark.slow
+def test_every_experiment_runs_end_to_end_at_ci_size(tmp_path):
+    out = tmp_path / "mc"
+    for exp in ("rl", "probe", "env_only", "supervised"):
+        r = subprocess.run([sys.executable, "-m", "pipeline.cli", "microcosm", exp, "--config",
+                            "configs/microcosm_smoke.yaml", f"out_dir={out}"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=600)  # fmt: skip
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        d = out / exp
+        assert (d / "curves.png").stat().st_size > 1000
+        md = (d / "summary.md").read_text()
+        with open(d / "curves.csv") as f:
+            rows = list(csv.DictReader(f))
+        arms = {r["arm"] for r in rows}
+        assert {r["seed"] for r in rows} == {"0", "1"}
+        for r in rows:
+            assert 0.0 <= float(r["solve_rate"]) <= 1.0 and math.isfinite(float(r["probe_ce"])), r
+        if exp == "rl":
+            assert arms == {"grpo", "echo-0.05", "echo-0.2"} and "Steps to GRPO's best" in md
+            assert {r["step"] for r in rows} == {"0", "1", "2"}
+        if exp == "probe":  # reuses the rl runs (cached): same numbers
+            assert arms == {"grpo", "echo-0.05"} and "probe CE" in md
+            assert "reusing" in r.stdout
+        if exp == "env_only":
+            assert arms == {"6x6"} and "mean change" in md
+        if exp == "supervised":
+            assert arms == {"action", "action+output"}
+            # the OUTPUT loss is what lowers the world-model probe: the action-only arm does not learn it
+            ce = {(r["arm"], r["seed"], r["step"]): float(r["probe_ce"]) for r in rows}
+            for s in ("0", "1"):
+                assert ce[("action+output", s, "2")] < ce[("action+output", s, "0")] - 0.05
+
+
