@@ -18,11 +18,14 @@ $(VENV)/.installed: pyproject.toml requirements/ci.txt
 # filesystem built from Debian packages (cached), and Podman serving the Docker API with
 # that rootfs imported as the base image. podman_setup.sh is idempotent and also runs on
 # every `make test` (a fresh boot has no Podman service running).
-$(VENV)/.system: tools/build_rootfs.sh tools/podman_setup.sh | $(VENV)/.installed
-	@if ! command -v bwrap >/dev/null || ! command -v debootstrap >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap debootstrap; fi
+# Also a one-node Slurm cluster (slurm-wlm + munge) so tests submit real sbatch jobs, and
+# shellcheck for the scripts; tools/slurm_local.sh is idempotent like podman_setup.sh.
+$(VENV)/.system: tools/build_rootfs.sh tools/podman_setup.sh tools/slurm_local.sh | $(VENV)/.installed
+	@if ! command -v bwrap >/dev/null || ! command -v debootstrap >/dev/null || ! command -v shellcheck >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap debootstrap shellcheck; fi
 	bash tools/build_rootfs.sh
 	bash tools/podman_setup.sh
+	bash tools/slurm_local.sh
 	touch $@
 
 .PHONY: setup train test test-fast bench
@@ -33,6 +36,7 @@ train: setup
 
 test: setup
 	@bash tools/podman_setup.sh >/dev/null
+	@bash tools/slurm_local.sh >/dev/null
 	$(PY) -m pytest -q -p no:cacheprovider $(ARGS)
 
 test-fast: setup

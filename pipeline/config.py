@@ -51,6 +51,30 @@ class RunConfig:
 
 
 @dataclass
+class ClusterConfig:
+    """Placement for ``sbatch slurm/*.sbatch`` (``pipeline/launch.py``); unused by single-node runs."""
+
+    learner_nodes: int = 1  # nodes running Megatron (srun torchrun), the first ones of the job
+    rollout_nodes: int = 1  # nodes running vLLM servers (the next ones)
+    gpus_per_node: int = 8  # learner processes per node and GPUs of a rollout node (0: CPU)
+    vllm_tensor_parallel: int = 1  # GPUs per vLLM server (servers per rollout node = gpus_per_node / this)
+    vllm_port: int = 8100  # first server port on each rollout node
+    vllm_args: list[str] = field(default_factory=list)  # extra vLLM server arguments, e.g. [--dtype, bfloat16]
+    master_port: int = 29500  # torchrun rendezvous port on the first learner node
+    server_start_timeout_s: float = 1800.0  # how long servers wait for the learner's model export
+    log_dir: str = ""  # per-component logs ("" = RUN_DIR/logs/JOB_ID)
+
+    def check(self) -> list[tuple[str, str]]:
+        errs = [(n, f"must be ≥ 1, got {getattr(self, n)}") for n in ("learner_nodes", "rollout_nodes", "vllm_tensor_parallel")
+                if getattr(self, n) < 1]  # fmt: skip
+        if self.gpus_per_node < 0:
+            errs.append(("gpus_per_node", f"must be ≥ 0, got {self.gpus_per_node}"))
+        elif self.gpus_per_node and self.gpus_per_node % self.vllm_tensor_parallel:
+            errs.append(("vllm_tensor_parallel", f"must divide gpus_per_node={self.gpus_per_node}"))
+        return errs
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -65,6 +89,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
 def _check_keys(tree: Any, schema: type, prefix: str) -> None:

@@ -50,6 +50,8 @@ def train(cfg: Config) -> dict:
     ckpt_dir = run_dir / "ckpt"
     if cfg.run.resume and checkpoint.latest(ckpt_dir) is not None:
         learner.load(str(ckpt_dir))
+        if dist.get_rank() == 0:
+            print(f"resuming from {ckpt_dir} at step {learner.step}", flush=True)
     rank0 = dist.get_rank() == 0
     tok = load_tokenizer(cfg.model.tokenizer)
     chat = ChatFormat(tok, template_kwargs=cfg.rollout.template_kwargs)

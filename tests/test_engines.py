@@ -103,6 +103,15 @@ def test_vllm_cpu_rollout_end_to_end(tmp_path, task_rootfs):
 
 @pytest.mark.vllm
 @pytest.mark.slow
+def test_vllm_server_engine_names_servers_that_never_come_up(tmp_path):
+    from pipeline.engines.vllm_server import VLLMServerEngine
+    from tests.helpers.dist import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(EngineError, match=f"{dead}.*did not answer /v1/models within 3 s"):
+        VLLMServerEngine([dead], weights_dir=tmp_path, start_timeout_s=3)
+
+
 def test_vllm_server_engine_against_a_live_server(tmp_path):
     """`vllm serve` (the OpenAI API server, CPU build) with our worker extension: token ids in,
     token ids + log-probs out; weights through a shared directory and /collective_rpc."""
@@ -143,6 +152,10 @@ def test_vllm_server_engine_against_a_live_server(tmp_path):
             except requests.RequestException:
                 time.sleep(2)
         engine = VLLMServerEngine([url], weights_dir=tmp_path / "stream")
+        served = engine.model
+        engine.close()
+        # a dead worker first in the rotation: dropped on its first request, the live one answers
+        engine = VLLMServerEngine([f"http://127.0.0.1:{free_port()}", url], weights_dir=tmp_path / "stream", model=served)
         hf = AutoModelForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.float32).eval()
 
         def gap(prompt, g):
@@ -159,6 +172,7 @@ def test_vllm_server_engine_against_a_live_server(tmp_path):
         assert engine.update_weights(buckets_of(hf, version=1)) == 1
         g = engine.submit(prompt, SamplingParams(max_tokens=6)).result()
         assert g.policy_version == 1 and gap(prompt, g) < 1e-3  # the server samples from the new weights
+        assert engine.live == [url]
         engine.close()
     finally:
         os.killpg(server.pid, signal.SIGTERM)

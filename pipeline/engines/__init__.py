@@ -19,7 +19,8 @@ def make_engine(cfg: EngineConfig, hf_dir, *, logprob_temperature: float, seed: 
     from pipeline.engines.vllm_server import VLLMServerEngine
 
     return VLLMServerEngine(cfg.server_urls, weights_dir=weights_dir or f"{hf_dir}/stream",
-                            timeout_s=cfg.request_timeout_s, logprob_temperature=logprob_temperature)  # fmt: skip
+                            timeout_s=cfg.request_timeout_s, start_timeout_s=cfg.server_start_timeout_s,
+                            logprob_temperature=logprob_temperature)  # fmt: skip
 
 
 __all__ = ["Engine", "EngineConfig", "EngineError", "Generation", "SamplingParams", "make_engine"]

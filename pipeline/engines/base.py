@@ -34,6 +34,7 @@ class EngineConfig:
     batch_wait_ms: float = 5.0  # how long a local engine waits for more requests to batch
     server_urls: list[str] = field(default_factory=list)  # vllm_server: base URLs (http://host:port)
     request_timeout_s: float = 600.0  # vllm_server: per request
+    server_start_timeout_s: float = 1800.0  # vllm_server: how long to wait for the servers to answer
     vllm_kwargs: dict = field(default_factory=dict)  # extra vllm.LLM(...) arguments (e.g. tensor_parallel_size)
 
     def check(self) -> list[tuple[str, str]]:

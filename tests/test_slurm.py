@@ -1,0 +1,131 @@
+"""Cluster launch: the sbatch scripts are shellcheck-clean, the launcher's plan is right, and
+a real one-node Slurm cluster (``tools/slurm_local.sh``) runs ``slurm/echo_14b.sbatch``
+with the tiny recipe: a vLLM CPU server as the rollout component and the Megatron learner
+(gloo, under srun torchrun) as separate job steps; scancel + resubmit resumes; MLflow has
+every step exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError, load_config
+from pipeline.launch import describe, plan
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ["slurm/echo_14b.sbatch", "slurm/echo_8b.sbatch", "slurm/env.sh", "tools/slurm_local.sh"]
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed (make setup installs it)")
+def test_scripts_are_shellcheck_clean():
+    r = subprocess.run(["shellcheck", "-x", *SCRIPTS], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout
+
+
+def test_plan_puts_learners_first_and_every_server_in_the_learners_urls():
+    cfg = load_config(ROOT / "configs/qwen3_14b_echo.yaml")
+    steps = plan(cfg, "configs/qwen3_14b_echo.yaml", ["run.steps=5"], ["g1", "g2", "g3", "g4", "g5"], job_id="42")
+    rollouts, learner = steps[:-1], steps[-1]
+    assert [s.host for s in rollouts] == ["g3"] * 4 + ["g4"] * 4  # 8 GPUs / TP 2 per rollout node; g5 unused
+    assert [s.url for s in rollouts][:2] == ["http://g3:8100", "http://g3:8101"]
+    assert all("--gpus=2" in s.argv and "--tensor-parallel-size" in s.argv for s in rollouts)
+    a = learner.argv
+    assert "--nodelist=g1,g2" in a and "--nproc-per-node=8" in a and "--rdzv-endpoint=g1:29500" in a
+    assert a[a.index("train") + 1 :][:2] == ["configs/qwen3_14b_echo.yaml", "run.steps=5"]
+    urls = next(x for x in a if x.startswith("engine.server_urls="))
+    # the learner's own config parser accepts exactly what the launcher passes
+    lc = load_config(ROOT / "configs/qwen3_14b_echo.yaml", ["engine.backend=vllm_server", urls])
+    assert lc.engine.server_urls == [s.url for s in rollouts]
+    assert "/logs/42/learner-%t.log" in describe(steps)
+    with pytest.raises(SystemExit, match="wants cluster.learner_nodes=2"):
+        plan(cfg, "r.yaml", [], ["g1", "g2", "g3"], job_id="1")
+    with pytest.raises(ConfigError, match="cluster.vllm_tensor_parallel must divide"):
+        load_config(ROOT / "configs/qwen3_14b_echo.yaml", ["cluster.vllm_tensor_parallel=3"])
+
+
+def test_dry_run_prints_each_nodes_command():
+    r = subprocess.run([sys.executable, "-m", "pipeline.launch", "--dry-run", "--nodes", "a,b", "configs/qwen3_8b_echo.yaml"],
+                       cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert sum(line.startswith("# rollout on b") for line in lines) == 8
+    assert sum(line.startswith("# learner on a") for line in lines) == 1
+    assert sum(line.startswith("srun ") for line in lines) == 9
+
+
+def _slurm_up() -> bool:
+    if os.geteuid() != 0 and shutil.which("sinfo") is None:
+        return False
+    r = subprocess.run(["bash", "tools/slurm_local.sh"], cwd=ROOT, capture_output=True, text=True)
+    return r.returncode == 0
+
+
+def _sbatch(run_dir: Path, extra: list[str]) -> str:
+    tiny = ["model.load=''", "model.warmstart_steps=0", f"run.output_dir={run_dir}", "run.steps=3", "eval.probe=false",
+            "rollout.tasks_per_step=2", "rollout.group_size=2", "rollout.max_turns=2", "rollout.max_tokens_per_turn=32",
+            "rollout.max_context_tokens=768", "tasks.families=[text_count]", "tasks.eval_per_family=1", "eval.samples=1",
+            "eval.k=[1]", "cluster.gpus_per_node=0", "cluster.vllm_args=[--dtype,float32,--enforce-eager]",
+            "engine.request_timeout_s=120", "engine.server_start_timeout_s=600", "loss.env_targets=output+warning",
+            *extra]  # fmt: skip
+    r = subprocess.run(["sbatch", "--parsable", "--nodes=1", "--gpus-per-node=0", f"--output={run_dir}/slurm-%j.out",
+                        "slurm/echo_14b.sbatch", "configs/tiny.yaml", *tiny], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip().split(";")[0]
+
+
+def _state(job: str) -> str:
+    r = subprocess.run(["scontrol", "show", "job", job, "-o"], capture_output=True, text=True)
+    for field in r.stdout.split():
+        if field.startswith("JobState="):
+            return field.split("=", 1)[1]
+    return "GONE"
+
+
+def _wait(job: str, until, timeout_s: float, run_dir: Path) -> None:
+    deadline = time.time() + timeout_s
+    while not until():
+        if time.time() > deadline:
+            subprocess.run(["scancel", job])
+            logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted(run_dir.rglob("*.log")) + sorted(run_dir.glob("slurm-*.out")))
+            pytest.fail(f"job {job} ({_state(job)}) timed out\n{logs}")
+        time.sleep(2)
+
+
+@pytest.mark.slow
+def test_sbatch_runs_the_tiny_job_on_a_real_slurm_and_resumes_after_scancel(tmp_path):
+    pytest.importorskip("vllm", reason="the rollout component is vLLM's CPU server")
+    if not _slurm_up():
+        pytest.skip("no Slurm here (tools/slurm_local.sh needs root and apt)")
+    from pipeline.tracking import read_metric_history
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    job = _sbatch(run_dir, [])
+    # let it checkpoint step 1, then cancel it mid-run
+    _wait(job, lambda: (run_dir / "ckpt" / "latest").is_file() or _state(job) in ("COMPLETED", "FAILED"), 900, run_dir)
+    assert _state(job) == "RUNNING", (run_dir / f"slurm-{job}.out").read_text()[-3000:]
+    subprocess.run(["scancel", job], check=True)
+    _wait(job, lambda: _state(job) in ("CANCELLED", "GONE", "COMPLETED"), 180, run_dir)
+    first = (run_dir / "ckpt" / "latest").read_text().strip()
+    assert not (run_dir / "summary.json").exists()
+    job2 = _sbatch(run_dir, [])
+    _wait(job2, lambda: _state(job2) in ("COMPLETED", "FAILED", "CANCELLED", "GONE"), 900, run_dir)
+    out = (run_dir / f"slurm-{job2}.out").read_text()
+    learner_log = (run_dir / "logs" / job2 / "learner-0.log").read_text()
+    assert _state(job2) in ("COMPLETED", "GONE") and "learner exited with 0" in out, out[-3000:] + learner_log[-3000:]
+    # the components ran as separate job steps, each with its own log
+    rollout_log = (run_dir / "logs" / job2 / f"rollout-{os.uname().nodename.split('.')[0]}-0.log").read_text()
+    assert "serve:" in rollout_log and "vllm.entrypoints.openai.api_server" in rollout_log
+    assert f"resuming from {run_dir / 'ckpt'} at step {int(first[-6:])}" in learner_log
+    assert "step 3/3" in learner_log and "step 1/3" not in learner_log  # the second job did not start over
+    assert json.loads((run_dir / "summary.json").read_text())["steps"] == 3
+    run_id = (run_dir / "mlflow_run_id").read_text().strip()
+    steps = [s for s, _ in read_metric_history(f"sqlite:///{run_dir / 'mlflow.db'}", run_id, "loss")]
+    assert steps == [0, 1, 2]  # every step exactly once, in the one MLflow run, across both jobs
