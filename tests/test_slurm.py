@@ -129,3 +129,17 @@ def test_sbatch_runs_the_tiny_job_on_a_real_slurm_and_resumes_after_scancel(tmp_
     run_id = (run_dir / "mlflow_run_id").read_text().strip()
     steps = [s for s, _ in read_metric_history(f"sqlite:///{run_dir / 'mlflow.db'}", run_id, "loss")]
     assert steps == [0, 1, 2]  # every step exactly once, in the one MLflow run, across both jobs
+
+
+def test_scaling_plan_counts_the_published_parameters_and_prints_every_section():
+    sys.path.insert(0, str(ROOT / "tools"))
+    from scaling_plan import params
+
+    assert round(params(json.loads((ROOT / "configs/models/qwen3-14b.json").read_text())) / 1e9, 1) == 14.8
+    assert round(params(json.loads((ROOT / "configs/models/qwen3-8b.json").read_text())) / 1e9, 1) == 8.2
+    r = subprocess.run([sys.executable, "tools/scaling_plan.py", "configs/qwen3_14b_echo.yaml"], cwd=ROOT,
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    for section in ("## learner: 2 node(s)", "## rollout per step: 16 tasks × 16 samples = 256 episodes",
+                    "## weight sync per step: 27.5 GiB", "(fits)"):  # fmt: skip
+        assert section in r.stdout

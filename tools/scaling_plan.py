@@ -1,0 +1,107 @@
+"""Size a cluster job on paper: memory per GPU, rollout tokens, weight-sync bytes, sandboxes.
+
+    python tools/scaling_plan.py configs/qwen3_14b_echo.yaml [--episode-tokens 12000]
+        [--action-frac 0.3] [--mfu 0.35] [--decode-tps 3000] [--fs-gbps 2] [--net-gbps 50]
+
+Reads the recipe (model shape, TP/PP, cluster section, rollout sizes) and prints the
+arithmetic with every assumption named, so a user can redo it with their own figures.
+Model-state bytes per parameter follow Megatron's mixed precision with the distributed
+optimizer: bf16 weights (2) + fp32 gradient buffer (4) on every model-parallel shard, fp32
+master weights + Adam m and v (12) sharded over data parallel. Activations assume TE's
+fused attention (no S² matrix) and selective recomputation: ~34·s·h bytes per layer per
+micro-batch sequence of s tokens (Korthikanti et al., 2022), divided by TP; the logits
+add s·V/TP fp32 values for the fused cross-entropy's input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+GIB = 1024**3
+
+
+def params(hf: dict) -> int:
+    h, L, V, i = hf["hidden_size"], hf["num_hidden_layers"], hf["vocab_size"], hf["intermediate_size"]
+    d = hf.get("head_dim") or h // hf["num_attention_heads"]
+    q, kv = hf["num_attention_heads"] * d, hf["num_key_value_heads"] * d
+    layer = h * (q + 2 * kv) + q * h + 3 * h * i + 2 * h + 2 * d  # qkv, out, mlp, norms, q/k norms
+    emb = V * h * (1 if hf.get("tie_word_embeddings") else 2)
+    return L * layer + emb + h
+
+
+def plan(cfg, a) -> str:
+    hf = json.loads(Path(cfg.model.hf_config).read_text())
+    P = params(hf)
+    c, r = cfg.cluster, cfg.rollout
+    tp, pp = cfg.parallel.tensor, cfg.parallel.pipeline
+    gpus = c.learner_nodes * max(c.gpus_per_node, 1)
+    dp = gpus // (tp * pp)
+    h, L, V = hf["hidden_size"], hf["num_hidden_layers"], hf["vocab_size"]
+    s = cfg.learner.micro_batch_tokens
+    shard = P / (tp * pp)
+    model_state = shard * 6 + shard * 12 / max(dp, 1)
+    act = 34 * s * h * (L / pp) / tp
+    logits = s * V / tp * 4
+    episodes = r.tasks_per_step * r.group_size
+    tokens = episodes * a.episode_tokens
+    sampled = tokens * a.action_frac
+    servers = c.rollout_nodes * (max(c.gpus_per_node, 1) // c.vllm_tensor_parallel)
+    flops = 6 * P * tokens + 6 * L * h * a.episode_tokens * tokens  # dense + causal attention (≈ 6·L·h·s per token)
+    peak = 989e12  # H100 SXM dense bf16
+    sync_bytes = P * 2
+    out = [
+        f"# {cfg.run.name}: {P / 1e9:.2f}B parameters ({hf['num_hidden_layers']} layers, h={h}, V={V})",
+        "",
+        f"## learner: {c.learner_nodes} node(s) × {c.gpus_per_node} GPUs = {gpus}; TP {tp} × PP {pp} × DP {dp}",
+        f"- model state per GPU: 6 B × P/(TP·PP) + 12 B × P/(TP·PP·DP) = {model_state / GIB:.1f} GiB",
+        f"- activations per GPU (micro-batch of {s} tokens, {L // pp} layers per stage): 34·s·h·layers/TP = {act / GIB:.1f} GiB",
+        f"- logits for the fused CE: s·V/TP·4 B = {logits / GIB:.1f} GiB (last stage)",
+        f"- total ≈ {(model_state + act + logits) / GIB:.1f} GiB of an 80 GiB H100 "
+        f"({'fits' if model_state + act + logits < 72 * GIB else 'does NOT fit: raise TP/PP or cut micro_batch_tokens'})",
+        "",
+        f"## rollout per step: {r.tasks_per_step} tasks × {r.group_size} samples = {episodes} episodes",
+        f"- tokens: {episodes} × {a.episode_tokens} (assumed mean episode) = {tokens / 1e6:.2f} M; sampled (ACTION, "
+        f"{a.action_frac:.0%}) {sampled / 1e6:.2f} M",
+        f"- {servers} vLLM server(s) (TP {c.vllm_tensor_parallel}) at an assumed {a.decode_tps:,} sampled tokens/s each: "
+        f"{sampled / (servers * a.decode_tps):.0f} s of decoding (plus the slowest episode's tail)",
+        f"- sandboxes: up to rollout.max_concurrent_episodes = {r.max_concurrent_episodes} containers at once, "
+        f"each ≤ {cfg.sandbox.memory_mb} MB and {cfg.sandbox.pids} processes: ≤ "
+        f"{r.max_concurrent_episodes * cfg.sandbox.memory_mb / 1024:.0f} GiB if every one hits its limit",
+        "",
+        "## learner step",
+        f"- FLOPs: 6·P·tokens + attention ≈ {flops:.2e}; at MFU {a.mfu:.0%} of {gpus} × 989 TFLOP/s (bf16 dense): "
+        f"{flops / (gpus * peak * a.mfu):.0f} s",
+        "",
+        f"## weight sync per step: {sync_bytes / GIB:.1f} GiB (bf16)",
+        f"- shared filesystem (the built transport): rank 0 writes once, each of {servers} servers reads it: "
+        f"{sync_bytes / (a.fs_gbps * 1e9):.0f} s write + {servers * sync_bytes / (a.fs_gbps * 1e9 * max(c.rollout_nodes, 1)):.0f} s "
+        f"reads at {a.fs_gbps:g} GB/s per node",
+        f"- NCCL broadcast (not built): {sync_bytes / (a.net_gbps * 1e9):.1f} s at {a.net_gbps:g} GB/s",
+    ]
+    return "\n".join(out)
+
+
+def main(argv: list[str]) -> int:
+    from pipeline.config import load_config
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--episode-tokens", type=int, default=12000, help="mean tokens of one episode (prompt to end)")
+    p.add_argument("--action-frac", type=float, default=0.3, help="share of an episode's tokens the model samples")
+    p.add_argument("--mfu", type=float, default=0.35, help="learner model-FLOPs utilization")
+    p.add_argument("--decode-tps", type=int, default=3000, help="sampled tokens/s of one vLLM server at full batch")
+    p.add_argument("--fs-gbps", type=float, default=2.0, help="shared filesystem GB/s per node")
+    p.add_argument("--net-gbps", type=float, default=50.0, help="inter-node GB/s (400 Gb/s IB = 50)")
+    a = p.parse_intermixed_args(argv)
+    print(plan(load_config(a.recipe, a.overrides), a))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
