@@ -1,6 +1,6 @@
 """The maze microcosm: test an objective on one CPU in minutes, through the same pipeline.
 
-    echo-rl microcosm supervised|rl|probe|env_only [--config configs/microcosm.yaml] [key=value ...]
+    echo-rl microcosm supervised|rl|probe|env_only [--config configs/microcosm/default.yaml] [key=value ...]
 
 Where it sits: maze tasks (``pipeline/tasks/maze.py``) → the real rollout loop with the
 ``maze`` sandbox and ``PlainFormat`` → Trajectories → the real losses and Megatron learner
@@ -63,6 +63,7 @@ class MicrocosmConfig:
     # rl: warm start, then GRPO / ECHO arms
     warm_mazes: int = 256  # random walks (no straight reversals) imitated by the warm start
     warm_steps: int = 40
+    warm_env_coef: float = 1.0  # the warm start also models the terminal (as a pretrained LM has seen terminals)
     rl_steps: int = 15
     rl_lr: float = 2e-4
     tasks_per_step: int = 8
@@ -262,12 +263,15 @@ def supervised_arm(world: World, arm: str) -> list[dict]:
 
 def _rl_keys(mc: MicrocosmConfig) -> dict:
     return {k: getattr(mc, k) for k in ("model", "train_sizes", "max_turns", "temperature", "eval_every", "eval_mazes",
-                                        "probe_mazes", "warm_mazes", "warm_steps", "rl_steps", "rl_lr",
+                                        "probe_mazes", "warm_mazes", "warm_steps", "warm_env_coef", "rl_steps", "rl_lr",
                                         "tasks_per_step", "group_size")}  # fmt: skip
 
 
 def warm_start(world: World) -> Path:
-    """Imitation of random-walk trajectories: the one starting point of every RL arm."""
+    """Imitation of random-walk trajectories (ACTION CE + ``warm_env_coef`` × OUTPUT CE): the one
+    starting point of every RL arm. Modelling the terminal a little mirrors the paper's
+    setting, a pretrained LM that has seen terminals; with ``warm_env_coef=0`` the OUTPUT CE
+    starts far above uniform and ECHO's first steps are spent there."""
     mc = world.mc
     run_dir = _run_dir(world, "warmstart", {k: v for k, v in _rl_keys(mc).items() if k.startswith(("model", "warm", "max"))})
     ckpt = run_dir / "ckpt"
@@ -275,7 +279,7 @@ def warm_start(world: World) -> Path:
         return ckpt
     t0 = time.perf_counter()
     data = world.reference(world.tasks(mc.train_sizes, mc.warm_mazes, 5), "walk")
-    agent = Agent(world, "sft", 0.0, mc.sup_lr, workdir=run_dir)
+    agent = Agent(world, "sft", mc.warm_env_coef, mc.sup_lr, workdir=run_dir)
     try:
         _imitate(world, agent, data, mc.warm_steps, mc.sup_batch, "warmstart", "random-walk", t0)
         agent.learner.save(str(ckpt), step=0)
@@ -482,7 +486,7 @@ def main(argv: list[str]) -> int:
 
     p = argparse.ArgumentParser(prog="echo-rl microcosm", description=__doc__.splitlines()[0])
     p.add_argument("experiment", choices=EXPERIMENTS)
-    p.add_argument("--config", default="configs/microcosm.yaml", help="YAML (configs/microcosm_smoke.yaml: CI size)")
+    p.add_argument("--config", default="configs/microcosm/default.yaml", help="YAML (configs/microcosm/smoke.yaml: CI size)")
     p.add_argument("overrides", nargs="*", help="key=value, e.g. seeds=[0,1,2,3] out_dir=runs/m2")
     a = p.parse_intermixed_args(argv)
     try:

@@ -1,5 +1,5 @@
 """The maze microcosm: the maze world, its protocol through the real agent loop, and each
-experiment end to end at CI size (``configs/microcosm_smoke.yaml``)."""
+experiment end to end at CI size (``configs/microcosm/smoke.yaml``)."""
 
 from __future__ import annotations
 
@@ -152,9 +152,9 @@ def test_config_errors_name_the_key():
     from pipeline.microcosm import load_microcosm_config
 
     with pytest.raises(ConfigError, match="sup_stpes"):
-        load_microcosm_config(str(ROOT / "configs/microcosm.yaml"), ["sup_stpes=3"])
+        load_microcosm_config(str(ROOT / "configs/microcosm/default.yaml"), ["sup_stpes=3"])
     with pytest.raises(ConfigError, match="env_only_coef"):
-        load_microcosm_config(str(ROOT / "configs/microcosm.yaml"), ["env_only_coef=0.3"])
+        load_microcosm_config(str(ROOT / "configs/microcosm/default.yaml"), ["env_only_coef=0.3"])
 
 
 @pytest.mark.slow
@@ -162,7 +162,7 @@ def test_every_experiment_runs_end_to_end_at_ci_size(tmp_path):
     out = tmp_path / "mc"
     for exp in ("rl", "probe", "env_only", "supervised"):
         r = subprocess.run([sys.executable, "-m", "pipeline.cli", "microcosm", exp, "--config",
-                            "configs/microcosm_smoke.yaml", f"out_dir={out}"], cwd=ROOT, capture_output=True,
+                            "configs/microcosm/smoke.yaml", f"out_dir={out}"], cwd=ROOT, capture_output=True,
                            text=True, timeout=600)  # fmt: skip
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         d = out / exp

@@ -8,8 +8,10 @@ arithmetic with every assumption named, so a user can redo it with their own fig
 Model-state bytes per parameter follow Megatron's mixed precision with the distributed
 optimizer: bf16 weights (2) + fp32 gradient buffer (4) on every model-parallel shard, fp32
 master weights + Adam m and v (12) sharded over data parallel. Activations assume TE's
-fused attention (no S² matrix) and selective recomputation: ~34·s·h bytes per layer per
-micro-batch sequence of s tokens (Korthikanti et al., 2022), divided by TP; the logits
+fused attention (no S² matrix): ~34·s·h bytes per layer for a micro-batch of s tokens
+(Korthikanti et al., 2022), divided by TP (no sequence parallelism, no recomputation:
+neither is wired into the learner yet); a micro-batch must hold the longest episode, so
+s ≥ rollout.max_context_tokens; the logits
 add s·V/TP fp32 values for the fused cross-entropy's input.
 """
 
@@ -43,10 +45,14 @@ def plan(cfg, a) -> str:
     dp = gpus // (tp * pp)
     h, L, V = hf["hidden_size"], hf["num_hidden_layers"], hf["vocab_size"]
     s = cfg.learner.micro_batch_tokens
-    shard = P / (tp * pp)
-    model_state = shard * 6 + shard * 12 / max(dp, 1)
-    act = 34 * s * h * (L / pp) / tp
-    logits = s * V / tp * 4
+
+    def memory(tp: int, pp: int) -> tuple[float, float, float]:
+        dp = max(gpus // (tp * pp), 1)
+        shard = P / (tp * pp)
+        # 1F1B: the first stage holds up to PP micro-batches in flight, so L/PP layers × PP
+        return shard * 6 + shard * 12 / dp, 34 * s * h * L / tp, s * V / tp * 4
+
+    model_state, act, logits = memory(tp, pp)
     episodes = r.tasks_per_step * r.group_size
     tokens = episodes * a.episode_tokens
     sampled = tokens * a.action_frac
@@ -59,10 +65,25 @@ def plan(cfg, a) -> str:
         "",
         f"## learner: {c.learner_nodes} node(s) × {c.gpus_per_node} GPUs = {gpus}; TP {tp} × PP {pp} × DP {dp}",
         f"- model state per GPU: 6 B × P/(TP·PP) + 12 B × P/(TP·PP·DP) = {model_state / GIB:.1f} GiB",
-        f"- activations per GPU (micro-batch of {s} tokens, {L // pp} layers per stage): 34·s·h·layers/TP = {act / GIB:.1f} GiB",
+        f"- activations per GPU (micro-batch of {s} tokens; under 1F1B the first stage keeps PP micro-batches of "
+        f"{L // pp} layers): 34·s·h·L/TP = {act / GIB:.1f} GiB",
         f"- logits for the fused CE: s·V/TP·4 B = {logits / GIB:.1f} GiB (last stage)",
         f"- total ≈ {(model_state + act + logits) / GIB:.1f} GiB of an 80 GiB H100 "
         f"({'fits' if model_state + act + logits < 72 * GIB else 'does NOT fit: raise TP/PP or cut micro_batch_tokens'})",
+        "",
+        f"Other layouts of the {gpus} learner GPUs (GiB per GPU: model state + activations + logits):",
+        "",
+        "| TP | PP | DP | model state | activations | logits | total |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for t in (1, 2, 4, 8):
+        for q in (1, 2, 4):
+            if gpus % (t * q) or L % q or hf["num_key_value_heads"] % t and t % hf["num_key_value_heads"]:
+                continue
+            m, ac, lg = memory(t, q)
+            out.append(f"| {t} | {q} | {gpus // (t * q)} | {m / GIB:.1f} | {ac / GIB:.1f} | {lg / GIB:.1f} | "
+                       f"{(m + ac + lg) / GIB:.1f}{'' if m + ac + lg < 72 * GIB else ' (over)'} |")  # fmt: skip
+    out += [
         "",
         f"## rollout per step: {r.tasks_per_step} tasks × {r.group_size} samples = {episodes} episodes",
         f"- tokens: {episodes} × {a.episode_tokens} (assumed mean episode) = {tokens / 1e6:.2f} M; sampled (ACTION, "
