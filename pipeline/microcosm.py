@@ -69,6 +69,7 @@ class MicrocosmConfig:
     tasks_per_step: int = 8
     group_size: int = 8
     env_coefs: list[float] = field(default_factory=lambda: [0.05, 0.2])
+    rl_loss: dict = field(default_factory=dict)  # extra LossConfig fields of the RL arms, e.g. {pg_reduction: sequence_mean}
     # env_only
     env_only_steps: int = 15
     env_only_coef: float = 0.05  # the ECHO arm it continues from (one of env_coefs)
@@ -84,6 +85,8 @@ def load_microcosm_config(path: str | None, overrides: list[str]) -> MicrocosmCo
 
     from pipeline.config import ConfigError
 
+    if path and not Path(path).is_file():
+        raise ConfigError(f"microcosm config file not found: {path}")
     try:
         layers = [OmegaConf.load(path)] if path else []
         merged = OmegaConf.merge(OmegaConf.structured(MicrocosmConfig), *layers, OmegaConf.from_dotlist(overrides))
@@ -153,7 +156,8 @@ class World:
 class Agent:
     """A Megatron learner and the HF engine that samples from its weights."""
 
-    def __init__(self, world: World, mode: str, env_coef: float, lr: float, load: str = "", workdir: Path | None = None):
+    def __init__(self, world: World, mode: str, env_coef: float, lr: float, load: str = "", workdir: Path | None = None,
+                 loss: dict | None = None):  # fmt: skip
         from pipeline.engines.hf import HFEngine
         from pipeline.learner.config import LearnerConfig, ModelConfig, OptimConfig, ParallelConfig
         from pipeline.learner.learner import Learner
@@ -168,7 +172,7 @@ class Agent:
         model = ModelConfig(hf_config=world.mc.model, load=load, tokenizer=str(world.tok_dir))
         self.learner = Learner(model, ParallelConfig(backend="gloo"), OptimConfig(lr=lr, grad_clip=1.0),
                                LearnerConfig(micro_batch_tokens=world.mc.micro_batch_tokens),
-                               LossConfig(mode=mode, env_coef=env_coef), seed=world.seed)  # fmt: skip
+                               LossConfig(mode=mode, env_coef=env_coef, **(loss or {})), seed=world.seed)  # fmt: skip
         hf_dir = export_hf_dir(self.learner, (workdir or world.root) / "engine_model", tokenizer_dir=world.tok_dir)
         self.engine = HFEngine(hf_dir, seed=world.seed, pad_token_id=world.tok.pad_token_id, max_batch=256)
         self._sync = lambda: sync_engine(self.learner, self.engine)
@@ -264,7 +268,7 @@ def supervised_arm(world: World, arm: str) -> list[dict]:
 def _rl_keys(mc: MicrocosmConfig) -> dict:
     return {k: getattr(mc, k) for k in ("model", "train_sizes", "max_turns", "temperature", "eval_every", "eval_mazes",
                                         "probe_mazes", "warm_mazes", "warm_steps", "warm_env_coef", "rl_steps", "rl_lr",
-                                        "tasks_per_step", "group_size")}  # fmt: skip
+                                        "tasks_per_step", "group_size", "rl_loss")}  # fmt: skip
 
 
 def warm_start(world: World) -> Path:
@@ -302,7 +306,8 @@ def rl_arm(world: World, mode: str, env_coef: float) -> tuple[list[dict], Path]:
         return rows, run_dir / "ckpt"
     start = warm_start(world)
     t0 = time.perf_counter()
-    agent = Agent(world, mode, env_coef if mode != "grpo" else 0.0, mc.rl_lr, load=str(start), workdir=run_dir)
+    agent = Agent(world, mode, env_coef if mode != "grpo" else 0.0, mc.rl_lr, load=str(start), workdir=run_dir,
+                  loss=mc.rl_loss)  # fmt: skip
     rows = [_row("rl", arm, world.seed, 0, agent.evaluate(world.eval_tasks, 0), t0=t0)]
     try:
         for step in range(mc.rl_steps):
@@ -333,7 +338,7 @@ def env_only_arm(world: World) -> list[dict]:
     if (rows := _cached(run_dir)) is not None:
         return rows
     t0 = time.perf_counter()
-    agent = Agent(world, "env_only", mc.env_only_coef, mc.env_only_lr, load=str(ckpt), workdir=run_dir)
+    agent = Agent(world, "env_only", mc.env_only_coef, mc.env_only_lr, load=str(ckpt), workdir=run_dir, loss=mc.rl_loss)
     rows = [_row("env_only", f"{mc.unseen_size}x{mc.unseen_size}", world.seed, 0,
                  agent.evaluate(world.unseen_eval_tasks, 0), t0=t0)]  # fmt: skip
     try:
