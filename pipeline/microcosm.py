@@ -52,7 +52,7 @@ class MicrocosmConfig:
     temperature: float = 1.0  # sampling temperature (rollouts and evaluation)
     micro_batch_tokens: int = 512  # packed attention is unfused on CPU: S² per micro-batch
     eval_every: int = 5  # steps between evaluations (and the last step)
-    eval_mazes: int = 32  # fresh evaluation mazes per seed (one episode each)
+    eval_mazes: int = 48  # fresh evaluation mazes per seed (one episode each)
     probe_mazes: int = 32  # held-out BFS-expert trajectories for the world-model probe
     # supervised
     sup_mazes: int = 512  # BFS-expert trajectories to imitate
@@ -65,15 +65,15 @@ class MicrocosmConfig:
     warm_steps: int = 40
     warm_env_coef: float = 1.0  # the warm start also models the terminal (as a pretrained LM has seen terminals)
     rl_steps: int = 15
-    rl_lr: float = 2e-4
+    rl_lr: float = 5e-5
     tasks_per_step: int = 8
     group_size: int = 8
     env_coefs: list[float] = field(default_factory=lambda: [0.05, 0.2])
-    rl_loss: dict = field(default_factory=dict)  # extra LossConfig fields of the RL arms, e.g. {pg_reduction: sequence_mean}
+    rl_loss: dict = field(default_factory=lambda: {"pg_reduction": "sequence_mean"})  # extra LossConfig fields of the RL arms
     # env_only
     env_only_steps: int = 15
     env_only_coef: float = 0.05  # the ECHO arm it continues from (one of env_coefs)
-    env_only_lr: float = 2e-4
+    env_only_lr: float = 5e-5
 
 
 EXPERIMENTS = ("supervised", "rl", "probe", "env_only")
