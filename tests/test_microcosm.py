@@ -161,10 +161,10 @@ def test_config_errors_name_the_key():
 def test_every_experiment_runs_end_to_end_at_ci_size(tmp_path):
     out = tmp_path / "mc"
     for exp in ("rl", "probe", "env_only", "supervised"):
-        r = subprocess.run([sys.executable, "-m", "pipeline.cli", "microcosm", exp, "--config",
+        proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "microcosm", exp, "--config",
                             "configs/microcosm/smoke.yaml", f"out_dir={out}"], cwd=ROOT, capture_output=True,
                            text=True, timeout=600)  # fmt: skip
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         d = out / exp
         assert (d / "curves.png").stat().st_size > 1000
         md = (d / "summary.md").read_text()
@@ -179,7 +179,7 @@ def test_every_experiment_runs_end_to_end_at_ci_size(tmp_path):
             assert {r["step"] for r in rows} == {"0", "1", "2"}
         if exp == "probe":  # reuses the rl runs (cached): same numbers
             assert arms == {"grpo", "echo-0.05"} and "probe CE" in md
-            assert "reusing" in r.stdout
+            assert "reusing" in proc.stdout
         if exp == "env_only":
             assert arms == {"6x6"} and "mean change" in md
         if exp == "supervised":
