@@ -43,4 +43,6 @@ export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-2}
 #     `apptainer build --sandbox rootfs/ docker-archive://task.tar`) and run it with
 #     sandbox.backend=bwrap sandbox.rootfs=rootfs/ — bwrap gives the same limits.
 # To run sandboxes on a rollout node instead: export DOCKER_HOST=ssh://ROLLOUT_NODE.
-export DOCKER_HOST=${DOCKER_HOST:-unix:///var/run/docker.sock}
+if [ -z "${DOCKER_HOST:-}" ] && [ -S /var/run/docker.sock ]; then
+    export DOCKER_HOST=unix:///var/run/docker.sock  # else the backend's default: Podman's socket
+fi
