@@ -8,6 +8,7 @@
     echo-rl sandbox exec [--task DIR] [--timeout S] -- CMD # the observation the agent would see
     echo-rl sandbox shell [--task DIR]                   # an interactive shell in a task's sandbox
     echo-rl tasks generate --families all --n 4 --out DIR  # built-in task families → Harbor dirs
+    echo-rl microcosm rl [--config configs/microcosm/smoke.yaml]  # the maze microcosm (pipeline/microcosm.py)
 """
 
 from __future__ import annotations
