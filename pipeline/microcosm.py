@@ -52,7 +52,8 @@ class MicrocosmConfig:
     temperature: float = 1.0  # sampling temperature (rollouts and evaluation)
     micro_batch_tokens: int = 512  # packed attention is unfused on CPU: S² per micro-batch
     eval_every: int = 5  # steps between evaluations (and the last step)
-    eval_mazes: int = 48  # fresh evaluation mazes per seed (one episode each)
+    eval_mazes: int = 48  # fresh evaluation mazes per seed
+    eval_samples: int = 2  # sampled episodes per evaluation maze
     probe_mazes: int = 32  # held-out BFS-expert trajectories for the world-model probe
     # supervised
     sup_mazes: int = 512  # BFS-expert trajectories to imitate
@@ -190,7 +191,7 @@ class Agent:
     def evaluate(self, tasks, step: int) -> dict:
         from pipeline.evaluate import world_model_probe
 
-        trajs = self.world.rollouts(self.engine, tasks, 1, 10_000 + step)
+        trajs = self.world.rollouts(self.engine, tasks, self.world.mc.eval_samples, 10_000 + step)
         ok = [t for t in trajs if not t.infra_error]
         probe = world_model_probe(self.learner, self.world.probe, self.world.mc.micro_batch_tokens)
         return {"solve_rate": sum(t.reward for t in ok) / max(len(ok), 1), "probe_ce": probe["probe/output_ce"]}
@@ -251,7 +252,7 @@ def supervised_arm(world: World, arm: str) -> list[dict]:
     mc = world.mc
     coef = 0.0 if arm == "action" else mc.sup_env_coef
     keys = {k: getattr(mc, k) for k in ("model", "train_sizes", "max_turns", "temperature", "eval_every", "eval_mazes",
-                                        "probe_mazes", "sup_mazes", "sup_steps", "sup_batch", "sup_lr")}  # fmt: skip
+                                        "eval_samples", "probe_mazes", "sup_mazes", "sup_steps", "sup_batch", "sup_lr")}  # fmt: skip
     run_dir = _run_dir(world, f"supervised-{arm}", {**keys, "coef": coef})
     if (rows := _cached(run_dir)) is not None:
         return rows
@@ -267,32 +268,34 @@ def supervised_arm(world: World, arm: str) -> list[dict]:
 
 def _rl_keys(mc: MicrocosmConfig) -> dict:
     return {k: getattr(mc, k) for k in ("model", "train_sizes", "max_turns", "temperature", "eval_every", "eval_mazes",
-                                        "probe_mazes", "warm_mazes", "warm_steps", "warm_env_coef", "rl_steps", "rl_lr",
+                                        "probe_mazes", "eval_samples", "warm_mazes", "warm_steps", "warm_env_coef", "rl_steps", "rl_lr",
                                         "tasks_per_step", "group_size", "rl_loss")}  # fmt: skip
 
 
-def warm_start(world: World) -> Path:
+def warm_start(world: World) -> tuple[Path, dict]:
     """Imitation of random-walk trajectories (ACTION CE + ``warm_env_coef`` × OUTPUT CE): the one
     starting point of every RL arm. Modelling the terminal a little mirrors the paper's
     setting, a pretrained LM that has seen terminals; with ``warm_env_coef=0`` the OUTPUT CE
     starts far above uniform and ECHO's first steps are spent there."""
     mc = world.mc
-    run_dir = _run_dir(world, "warmstart", {k: v for k, v in _rl_keys(mc).items() if k.startswith(("model", "warm", "max"))})
+    run_dir = _run_dir(world, "warmstart", {k: v for k, v in _rl_keys(mc).items() if k.startswith(("model", "warm", "max", "eval", "probe", "train", "temp"))})
     ckpt = run_dir / "ckpt"
-    if (run_dir / "curve.csv").is_file():
-        return ckpt
+    if (rows := _cached(run_dir)) is not None:
+        return ckpt, rows[0]
     t0 = time.perf_counter()
     data = world.reference(world.tasks(mc.train_sizes, mc.warm_mazes, 5), "walk")
     agent = Agent(world, "sft", mc.warm_env_coef, mc.sup_lr, workdir=run_dir)
     try:
         _imitate(world, agent, data, mc.warm_steps, mc.sup_batch, "warmstart", "random-walk", t0)
         agent.learner.save(str(ckpt), step=0)
+        # step 0 of every arm: one evaluation of the shared start, so the arms start from one number
+        row = _row("rl", "warm start", world.seed, 0, agent.evaluate(world.eval_tasks, 0), t0=t0)
         print(f"  [warm start seed {world.seed}] {mc.warm_steps} imitation steps on {len(data)} random walks, action "
               f"CE {agent.last['action_ce']:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
     finally:
         agent.close()
-    _save_curve(run_dir, [])
-    return ckpt
+    _save_curve(run_dir, [row])
+    return ckpt, row
 
 
 def rl_arm(world: World, mode: str, env_coef: float) -> tuple[list[dict], Path]:
@@ -304,11 +307,11 @@ def rl_arm(world: World, mode: str, env_coef: float) -> tuple[list[dict], Path]:
     run_dir = _run_dir(world, arm, _rl_keys(mc))
     if (rows := _cached(run_dir)) is not None:
         return rows, run_dir / "ckpt"
-    start = warm_start(world)
+    start, first = warm_start(world)
     t0 = time.perf_counter()
     agent = Agent(world, mode, env_coef if mode != "grpo" else 0.0, mc.rl_lr, load=str(start), workdir=run_dir,
                   loss=mc.rl_loss)  # fmt: skip
-    rows = [_row("rl", arm, world.seed, 0, agent.evaluate(world.eval_tasks, 0), t0=t0)]
+    rows = [{**first, "arm": arm}]
     try:
         for step in range(mc.rl_steps):
             tasks = world.tasks(mc.train_sizes, mc.tasks_per_step, 100 + step)
@@ -387,7 +390,7 @@ def steps_to_reach(curve: list[dict], target: float) -> int | None:
 
 def summarize(experiment: str, rows: list[dict], mc: MicrocosmConfig) -> str:
     lines = [f"# microcosm: {experiment}", "", f"seeds {list(mc.seeds)}; mean ± sd over seeds; solve rate on "
-             f"{mc.eval_mazes} fresh mazes per seed (one sampled episode each, T={mc.temperature:g}).", ""]  # fmt: skip
+             f"{mc.eval_mazes} fresh mazes per seed ({mc.eval_samples} sampled episodes each, T={mc.temperature:g}).", ""]  # fmt: skip
     arms = _by(rows, "arm")
     if experiment in ("supervised", "rl", "probe"):
         key = "probe_ce" if experiment == "probe" else "solve_rate"
