@@ -183,7 +183,7 @@ def test_cli_prints_the_agents_observation(backend):
     assert r.stdout == "partial\nWARNING: command timed out after 1 s and was killed\n"
     r = subprocess.run([str(Path(os.sys.executable).parent / "echo-rl"), "sandbox", "exec", "--backend", "nope",
                         "--", "ls"], capture_output=True, text=True)  # fmt: skip
-    assert r.returncode == 2 and "sandbox.backend must be bwrap or docker" in r.stderr
+    assert r.returncode == 2 and "sandbox.backend must be bwrap, docker or maze" in r.stderr
 
 
 def test_observation_segments_have_roles(backend):
