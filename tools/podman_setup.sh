@@ -24,7 +24,9 @@ runroot = "/run/containers/storage"
 graphroot = "/var/lib/containers/storage"
 CONF
 if ! curl -s --unix-socket "$SOCK" http://d/_ping >/dev/null 2>&1; then
-  nohup podman system service --time=0 "unix://$SOCK" > /tmp/podman-service.log 2>&1 &
+  # from / : a service started inside a checkout that is later deleted (CI clones) fails
+  # every container start with "write child: broken pipe"
+  (cd / && nohup podman system service --time=0 "unix://$SOCK" > /tmp/podman-service.log 2>&1 &)
   for _ in $(seq 100); do curl -s --unix-socket "$SOCK" http://d/_ping >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 rootfs=$(bash "$(dirname "$0")/build_rootfs.sh")
