@@ -56,6 +56,7 @@ class RandomWalkEngine(BatchingEngine):
         self.tok, self.stop, self.rng = tokenizer, stop_token_id, random.Random(seed)
         self.no_reversal = no_reversal
         self.ids = {d: tokenizer.convert_tokens_to_ids(d) for d in DIRECTIONS}
+        self.direction_of = {i: d for d, i in self.ids.items()}
         self.open = {tokenizer.convert_tokens_to_ids(w): w[5:].split(",") for w in vocabulary() if w.startswith("open:")}
         super().__init__(256, 0.0)
 
@@ -64,7 +65,7 @@ class RandomWalkEngine(BatchingEngine):
         for prompt in prompts:
             last = next((t for t in reversed(prompt) if t in self.open), None)  # the last response's open sides
             choices = self.open[last] if last is not None else list(DIRECTIONS)
-            prev = next((d for t in reversed(prompt) for d, i in self.ids.items() if t == i), None)
+            prev = next((self.direction_of[t] for t in reversed(prompt) if t in self.direction_of), None)
             if self.no_reversal and prev is not None and len(choices) > 1:
                 choices = [d for d in choices if d != OPPOSITE[prev]]
             move = self.rng.choice(choices)
