@@ -17,3 +17,21 @@ def task_rootfs() -> str:
     if out.returncode != 0:
         pytest.skip(f"no rootfs: {out.stderr[-300:]}")
     return out.stdout.strip().splitlines()[-1]
+
+
+def _traversable(path) -> None:
+    import os
+
+    for p in (path, *path.parents):
+        if p == p.parent:
+            break
+        if p.owner() == "root" and not p.stat().st_mode & 0o001:
+            os.chmod(p, p.stat().st_mode | 0o011)
+
+
+@pytest.fixture(autouse=True)
+def _sandbox_user_can_reach_tmp(request):
+    """A root trainer runs bwrap sandboxes as uid 65534, which must traverse the episode
+    dirs under pytest's tmp dirs (created 0700): let others traverse (not list) them."""
+    if "tmp_path" in request.fixturenames:
+        _traversable(request.getfixturevalue("tmp_path"))

@@ -18,7 +18,7 @@ from pipeline.rollout.loop import RolloutConfig, run_episode, run_rollouts
 from pipeline.rollout.plain import PlainFormat
 from pipeline.sandbox.base import SandboxConfig
 from pipeline.sandbox.maze import MazeBackend
-from pipeline.tasks.base import run_verifier
+from pipeline.tasks.verifier import run_verifier
 from pipeline.tasks.maze import DIRECTIONS, INVALID, Maze, bfs_actions, generate_maze, maze_tasks, maze_tokenizer
 from pipeline.trajectory import Role
 

@@ -14,9 +14,11 @@ One episode::
 The episode ends on ``finish``, when the environment says it is done (a maze's goal),
 after ``max_turns`` actions, or when the context budget
 cannot fit another turn (each ends with a WARNING saying why). Then the task's tests run.
-A sandbox that dies, a verifier that crashes or an engine failure marks the trajectory
-``infra_error`` (excluded from advantages and the loss, never reward 0), after up to
-``infra_retries`` fresh attempts.
+A sandbox that dies, an engine failure, or a verifier that fails even on a fresh sandbox
+marks the trajectory ``infra_error`` (excluded from advantages and the loss, never reward
+0), after up to ``infra_retries`` fresh attempts. A verifier that the agent's changes broke
+is reward 0 with ``verifier_failure: agent`` (``pipeline/tasks/verifier.py``): an escape
+from a negative reward must not be learnable.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from dataclasses import dataclass, field
 from pipeline.engines.base import Engine, EngineError, SamplingParams
 from pipeline.rollout.chat import ChatFormat, Segment
 from pipeline.sandbox.base import SandboxBackend, SandboxConfig, SandboxError, join_lines
-from pipeline.tasks.base import Task, VerifierError, run_verifier
+from pipeline.tasks.base import Task, VerifierError
+from pipeline.tasks.verifier import verify
 from pipeline.trajectory import Role, Trajectory
 
 
@@ -127,7 +130,7 @@ def run_episode(task: Task, group_id: str, engine: Engine, backend: SandboxBacke
             reward = _play(ep, engine, backend, chat, cfg, sandbox_cfg, seed)
             ep.meta.update(rollout_s=time.perf_counter() - t0, attempts=attempt + 1)
             return ep.trajectory(reward, infra_error=False)
-        except (SandboxError, VerifierError, EngineError) as e:
+        except (SandboxError, VerifierError, EngineError, OSError) as e:
             error = f"{type(e).__name__}: {e}"
     ep.meta.update(infra_error=error[:2000], attempts=cfg.infra_retries + 1, finish_reason="infra_error")
     if not ep.ids:  # failed before the prompt was rendered: keep a one-token record
@@ -142,7 +145,7 @@ def _play(ep: _Episode, engine: Engine, backend: SandboxBackend, chat: ChatForma
     if len(ep.ids) + _RESERVE + _MIN_ACTION > cfg.max_context_tokens:
         raise ValueError(f"task {ep.task.task_id}: the prompt has {len(ep.ids)} tokens, over "
                          f"rollout.max_context_tokens={cfg.max_context_tokens}")  # fmt: skip
-    with backend.start(task_dir=ep.task.task_dir, episode=f"{ep.group_id}") as box:
+    with backend.start(task_dir=ep.task.task_dir, episode=f"{ep.group_id}", task=ep.task) as box:
         for turn in range(cfg.max_turns):
             budget = cfg.max_context_tokens - len(ep.ids) - _RESERVE  # ≥ _MIN_ACTION (checked below)
             gen = engine.submit(ep.ids, SamplingParams(
@@ -167,7 +170,16 @@ def _play(ep: _Episode, engine: Engine, backend: SandboxBackend, chat: ChatForma
                 ep.meta["tool_errors"] += 1
                 parts.append((call.error, "warning"))
             elif call.name == "bash":
-                result = box.exec(call.command)
+                try:
+                    result = box.exec(call.command)
+                except SandboxError:
+                    if not box.alive():
+                        raise  # the sandbox died under the command: infrastructure
+                    # it still runs but cannot run commands (pids exhausted, shell broken):
+                    # the agent's doing; the episode ends and the verifier decides
+                    ep.meta["finish_reason"] = "sandbox_broken"
+                    ep.add(chat.closing(messages), turn)
+                    break
                 ep.meta["timeouts"] += result.timed_out
                 ep.meta["truncated_outputs"] += result.truncated
                 parts += result.observation(sandbox_cfg)
@@ -192,7 +204,11 @@ def _play(ep: _Episode, engine: Engine, backend: SandboxBackend, chat: ChatForma
             if final:
                 break
         ep.meta["messages"] = messages
-        return run_verifier(ep.task, box)
+        verdict = verify(ep.task, box, backend, sandbox_cfg, episode=ep.group_id)
+        ep.meta.update(verifier_s=verdict.seconds, rewards=verdict.rewards)
+        if verdict.failure:
+            ep.meta.update(verifier_failure=verdict.failure, verifier_detail=verdict.detail)
+        return verdict.reward
 
 
 def run_rollouts(tasks: list[Task], engine: Engine, backend: SandboxBackend, chat: ChatFormat,
@@ -232,6 +248,8 @@ def rollout_metrics(trajectories: list[Trajectory]) -> dict[str, float]:
         "rollout/reward": sum(t.reward for t in ok) / max(len(ok), 1),
         "rollout/pass_rate": sum(t.reward >= 1.0 for t in ok) / max(len(ok), 1),
         "rollout/tokens": float(sum(len(t) for t in trajectories)),
+        # episodes whose verifier the agent's own changes broke (scored 0, not dropped)
+        "rollout/verifier_agent_failures": float(sum(t.metadata.get("verifier_failure") == "agent" for t in ok)),
     }
     for key in ("num_turns", "tool_errors", "timeouts", "truncated_outputs", "truncated_actions", "role_straddles"):
         total = sum(t.metadata.get(key, 0) for t in ok)

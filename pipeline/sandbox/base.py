@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -25,12 +25,20 @@ class SandboxConfig:
     timeout_s: float = 30.0  # per-command wall-clock limit
     output_bytes: int = 16384  # output returned to the agent; the rest is cut with a notice
     drain_bytes: int = 8 << 20  # output read past the cap before the command is stopped
-    workdir: str = "/app"  # the task's writable directory inside the sandbox
+    workdir: str = "/app"  # the task's writable directory inside the sandbox (docker: the image's WORKDIR wins)
+    agent_user: str = "unprivileged"  # who runs the agent's commands: unprivileged | root | task ([agent] user)
+    verifier_isolation: str = "same"  # same: verify in the agent's sandbox (Harbor) | fresh: a new one with only the work tree
+    reward_key: str = "reward"  # reward.json: the key trained on (no such key: the mean of its values)
+    image_map: dict = field(default_factory=dict)  # public image name → local one (air-gapped clusters, this machine)
 
     def check(self) -> list[tuple[str, str]]:
         errs = []
         if self.backend not in ("bwrap", "docker", "maze"):
             errs.append(("backend", f"must be bwrap, docker or maze, got {self.backend!r}"))
+        if self.agent_user not in ("unprivileged", "root", "task"):
+            errs.append(("agent_user", f"must be unprivileged, root or task, got {self.agent_user!r}"))
+        if self.verifier_isolation not in ("same", "fresh"):
+            errs.append(("verifier_isolation", f"must be same or fresh, got {self.verifier_isolation!r}"))
         for n in ("memory_mb", "pids", "output_bytes", "drain_bytes"):
             if getattr(self, n) < 1:
                 errs.append((n, f"must be ≥ 1, got {getattr(self, n)}"))
@@ -97,15 +105,52 @@ class SandboxError(RuntimeError):
     """The sandbox itself failed (not the command): the episode is an infrastructure error."""
 
 
+# The verifier's process environment: system directories first on PATH, no user site.
+VERIFIER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Inherited variables that change what a program loads: never passed to the verifier.
+UNSAFE_ENV = ("PYTHONPATH", "PYTHONSTARTUP", "PYTHONUSERBASE", "PYTHONHOME", "LD_PRELOAD", "LD_LIBRARY_PATH",
+              "LD_AUDIT", "BASH_ENV", "ENV", "PERL5LIB", "PERL5OPT", "NODE_OPTIONS", "RUBYOPT", "GIT_DIR",
+              "GIT_CONFIG_GLOBAL", "PYTEST_ADDOPTS", "PROMPT_COMMAND")  # fmt: skip
+# The verifier's ground: laid anew by the harness right before the verifier runs.
+VERIFIER_DIRS = ("/tests", "/logs/verifier")
+
+
 class Sandbox(abc.ABC):
-    """One episode's terminal. Use as a context manager; ``close`` is idempotent."""
+    """One episode's terminal. Use as a context manager; ``close`` is idempotent.
+
+    Two principals share it: the agent (``exec``: an unprivileged user where the backend
+    can separate users) and the verifier (``exec(..., verifier=True)``: root, a clean
+    process environment, after ``prepare_verifier`` laid its directories anew)."""
+
+    agent_uid: int | None = None  # the agent's uid where it differs from the verifier's, else None
 
     @abc.abstractmethod
-    def exec(self, command: str, *, timeout_s: float | None = None) -> ExecResult: ...
+    def exec(self, command: str, *, timeout_s: float | None = None, verifier: bool = False,
+             env: dict[str, str] | None = None) -> ExecResult: ...  # fmt: skip
 
     @abc.abstractmethod
     def put_files(self, files: dict[str, bytes], *, mode: int = 0o644) -> None:
-        """Write files at absolute paths inside the sandbox (e.g. the tests, after the agent)."""
+        """Write files at absolute paths inside the sandbox, owned by the verifier (root)
+        (e.g. the tests, after the agent). Never writes through a link the agent made."""
+
+    @abc.abstractmethod
+    def read_file(self, path: str, *, max_bytes: int = 1 << 16) -> bytes | None:
+        """A regular file's content, read without following links; None when the path is
+        absent, a link, a directory or anything but a regular file, or over ``max_bytes``."""
+
+    def prepare_verifier(self, *, stop_agent: bool) -> None:
+        """Right before the verifier: remove whatever the agent left at ``VERIFIER_DIRS``
+        (files, links, directories, modes) and lay them anew, owned by the verifier and not
+        writable by the agent; with ``stop_agent``, kill every process the agent left."""
+
+    def alive(self) -> bool:
+        """Whether the sandbox itself still runs (a failed exec in a live sandbox is the
+        agent's doing: a fork bomb, a broken shell; in a dead one, the infrastructure's)."""
+        return not getattr(self, "closed", False)
+
+    def copy_workdir_to(self, other: "Sandbox") -> None:
+        """Copy the agent's work tree into ``other`` (``verifier_isolation: fresh``)."""
+        raise SandboxError(f"{type(self).__name__} cannot copy its work tree")
 
     @abc.abstractmethod
     def close(self) -> None: ...
@@ -119,7 +164,9 @@ class Sandbox(abc.ABC):
 
 class SandboxBackend(abc.ABC):
     @abc.abstractmethod
-    def start(self, *, task_dir: Path | None = None, episode: str = "") -> Sandbox: ...
+    def start(self, *, task_dir: Path | None = None, episode: str = "", task=None) -> Sandbox:
+        """A fresh sandbox for ``task`` (a ``pipeline.tasks.Task``: its image, limits, work
+        dir, agent user), or a bare one on the base image."""
 
     @abc.abstractmethod
     def reap_orphans(self) -> int:

@@ -27,12 +27,13 @@ import os
 import selectors
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from pipeline.sandbox.base import ExecResult, Sandbox, SandboxBackend, SandboxConfig, SandboxError
+from pipeline.sandbox.base import VERIFIER_PATH, ExecResult, Sandbox, SandboxBackend, SandboxConfig, SandboxError
 
 CGROUP_V1 = Path("/sys/fs/cgroup")
 PREFIX = "echo-rl-"
@@ -111,28 +112,45 @@ class _Cgroup:
                 pass
 
 
+# What the root verifier may do inside its sandbox (none of it reaches the host: the root is
+# read-only, /proc/sys is covered read-only): write the agent's files, run the agent's
+# code as the agent (setpriv), own and chmod what it writes.
+VERIFIER_CAPS = ("CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_CHOWN", "CAP_SETUID", "CAP_SETGID", "CAP_KILL")
+PROC_COVER = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus")
+
+
 class BwrapSandbox(Sandbox):
     def __init__(self, cfg: SandboxConfig, rootfs: Path, episode_dir: Path, cgroup: _Cgroup | None,
                  run_as: int | None = None):  # fmt: skip
         self.cfg, self.rootfs, self.dir, self.cgroup = cfg, rootfs, episode_dir, cgroup
-        self.run_as = run_as  # uid/gid to drop to (rlimit fallback as root), None = caller's
+        self.run_as = run_as  # the agent's uid/gid (a root trainer), None = the caller's (no user boundary)
+        self.agent_uid = run_as
         self.closed = False
 
-    def _argv(self, command: str | None) -> list[str]:
+    def _argv(self, command: str | None, verifier: bool = False, env: dict[str, str] | None = None) -> list[str]:
         d = self.dir
+        privileged = verifier and self.run_as is not None  # a root trainer: the verifier is real root, no user ns
+        unshare = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"] \
+            if privileged else ["--unshare-all"]  # fmt: skip
+        caps = [a for c in VERIFIER_CAPS for a in ("--cap-add", c)] if privileged else []
+        cover = [a for p in PROC_COVER if os.path.exists(p) for a in ("--ro-bind", p, p)]
+        home = "/tmp" if verifier else "/app"  # the verifier's HOME: this spawn's fresh tmpfs
+        setenv = [a for k, v in (env or {}).items() for a in ("--setenv", k, v)]
+        if verifier:
+            setenv += ["--setenv", "PYTHONNOUSERSITE", "1"]
         return [
-            "bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+            "bwrap", *unshare, "--die-with-parent", "--new-session", "--cap-drop", "ALL", *caps,
             "--ro-bind", str(self.rootfs), "/",
             "--bind", str(d / "app"), "/app", "--bind", str(d / "logs"), "/logs",
             "--bind", str(d / "tests"), "/tests",
-            "--proc", "/proc", "--dev", "/dev", "--size", str(256 << 20), "--tmpfs", "/tmp",
+            "--proc", "/proc", *cover, "--dev", "/dev", "--size", str(256 << 20), "--tmpfs", "/tmp",
             "--hostname", "sandbox", "--chdir", self.cfg.workdir, "--clearenv",
-            "--setenv", "PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "--setenv", "HOME", "/app", "--setenv", "TERM", "dumb", "--setenv", "LANG", "C.UTF-8",
+            "--setenv", "PATH", VERIFIER_PATH,
+            "--setenv", "HOME", home, "--setenv", "TERM", "dumb", "--setenv", "LANG", "C.UTF-8", *setenv,
             "--", "/bin/bash", *(["-c", command] if command is not None else ["-i"]),
         ]  # fmt: skip
 
-    def _launcher(self) -> list[str]:
+    def _launcher(self, verifier: bool = False) -> list[str]:
         """A bash prologue that joins the episode's cgroups and sets rlimits, then execs
         bwrap. Doing this in a child shell (not a Python ``preexec_fn``) lets subprocess
         use vfork: forking a trainer process that holds GBs of tensors costs far more."""
@@ -140,13 +158,14 @@ class BwrapSandbox(Sandbox):
         steps = [f'echo $$ > "{f}"' for f in (self.cgroup.procs_files() if self.cgroup else [])]
         steps.append(f"ulimit -f {(1 << 30) // 512}")  # RLIMIT_FSIZE, in 512-byte blocks
         if not self.cgroup:  # no cgroup: per-process limits
-            steps += [f"ulimit -v {cfg.memory_mb << 10}", f"ulimit -u {cfg.pids}"]
+            steps += [f"ulimit -v {cfg.memory_mb << 10}"] + ([f"ulimit -u {cfg.pids}"] if not verifier else [])
         run = 'exec "$@"'
-        if self.run_as is not None:  # RLIMIT_NPROC does not bind root: run unprivileged
+        if self.run_as is not None and not verifier:  # the agent never runs as the trainer's root
             run = f'exec setpriv --reuid={self.run_as} --regid={self.run_as} --clear-groups "$@"'
         return ["/bin/bash", "-c", " && ".join(steps + [run]), "echo-rl-sandbox"]
 
-    def exec(self, command: str, *, timeout_s: float | None = None) -> ExecResult:
+    def exec(self, command: str, *, timeout_s: float | None = None, verifier: bool = False,
+             env: dict[str, str] | None = None) -> ExecResult:  # fmt: skip
         if self.closed:
             raise SandboxError("exec on a closed sandbox")
         cfg = self.cfg
@@ -154,7 +173,7 @@ class BwrapSandbox(Sandbox):
         start = time.monotonic()
         try:
             proc = subprocess.Popen(
-                self._launcher() + self._argv(command), stdin=subprocess.DEVNULL,
+                self._launcher(verifier) + self._argv(command, verifier, env), stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         except OSError as e:
@@ -205,21 +224,76 @@ class BwrapSandbox(Sandbox):
         if self.cgroup:
             self.cgroup.kill_all()
 
+    def _host_path(self, path: str, *, create_parents: bool) -> Path:
+        """The host path of a sandbox path under ``WRITABLE``, refusing any link on the way
+        (the agent can plant links; the harness must not write or read through them)."""
+        rel = Path(path.lstrip("/"))
+        if "/" + rel.parts[0] not in WRITABLE or ".." in rel.parts:
+            raise SandboxError(f"{path} is not under {WRITABLE}")
+        cur = self.dir
+        for part in rel.parts[:-1]:
+            cur = cur / part
+            if cur.is_symlink() or (cur.exists() and not cur.is_dir()):
+                raise SandboxError(f"{path}: {cur.relative_to(self.dir)} is not a directory")
+            if not cur.exists():
+                if not create_parents:
+                    raise FileNotFoundError(path)
+                cur.mkdir(mode=0o755)
+        return cur / rel.parts[-1]
+
     def put_files(self, files: dict[str, bytes], *, mode: int = 0o644) -> None:
         for path, data in files.items():
-            top = "/" + path.lstrip("/").split("/", 1)[0]
-            if top not in WRITABLE or ".." in Path(path).parts:
-                raise SandboxError(f"put_files: {path} is not under {WRITABLE}")
-            host = self.dir / path.lstrip("/")
-            host.parent.mkdir(parents=True, exist_ok=True)
+            host = self._host_path(path, create_parents=True)
+            if host.is_symlink() or host.is_dir():
+                raise SandboxError(f"put_files: {path} is a link or a directory")
             host.write_bytes(data)
             host.chmod(mode)
-            if self.run_as is not None:
-                os.chown(host, self.run_as, self.run_as)
 
-    def read_file(self, path: str) -> bytes | None:
-        host = self.dir / path.lstrip("/")
-        return host.read_bytes() if host.is_file() else None
+    def read_file(self, path: str, *, max_bytes: int = 1 << 16) -> bytes | None:
+        # Opened component by component relative to the episode dir with O_NOFOLLOW: a link
+        # the agent planted anywhere on the path is refused, never followed to the host.
+        parts = Path(path.lstrip("/")).parts
+        if ".." in parts or not parts:
+            return None
+        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for part in parts[:-1]:
+                nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                os.close(fd)
+                fd = nxt
+            f = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        try:
+            st = os.fstat(f)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+                return None
+            return os.read(f, max_bytes + 1)
+        finally:
+            os.close(f)
+
+    def prepare_verifier(self, *, stop_agent: bool) -> None:
+        # Nothing of the agent runs now (each command's pid namespace died with it, and the
+        # cgroup was emptied); lay the verifier's directories anew, root's when we are root.
+        if self.cgroup:
+            self.cgroup.kill_all()
+        logs = self.dir / "logs"
+        if logs.is_symlink() or not logs.is_dir():
+            _remove(logs)
+            logs.mkdir(mode=0o755)
+        for sub in ("tests", "logs/verifier"):
+            p = self.dir / sub
+            _remove(p)
+            p.mkdir(mode=0o755)
+            os.chmod(p, 0o755)
+
+    def copy_workdir_to(self, other: Sandbox) -> None:
+        if not isinstance(other, BwrapSandbox):
+            raise SandboxError("copy_workdir_to: both sandboxes must be bwrap ones")
+        _remove(other.dir / "app")
+        shutil.copytree(self.dir / "app", other.dir / "app", symlinks=True)  # links copied as links
 
     def close(self) -> None:
         if self.closed:
@@ -242,8 +316,9 @@ class BwrapBackend(SandboxBackend):
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o755)
         self.use_cgroup = _Cgroup.available()
-        # Without cgroups the process limit is RLIMIT_NPROC, which root ignores: drop to nobody.
-        self.run_as = 65534 if (not self.use_cgroup and os.geteuid() == 0) else None
+        # A root trainer runs the agent as nobody: it cannot write the verifier's ground (and
+        # without cgroups the process limit is RLIMIT_NPROC, which root ignores).
+        self.run_as = 65534 if os.geteuid() == 0 else None
         if self.run_as is not None:
             self._check_reachable_by(self.run_as)
         self.reap_orphans()
@@ -265,19 +340,25 @@ class BwrapBackend(SandboxBackend):
             return "cgroup v1 (pids, memory)"
         return "rlimits (AS, NPROC)" + (f", as uid {self.run_as}" if self.run_as is not None else "")
 
-    def start(self, *, task_dir: Path | None = None, episode: str = "") -> BwrapSandbox:
-        if task_dir is not None:
-            check_dockerfile_supported(task_dir)
+    def start(self, *, task_dir: Path | None = None, episode: str = "", task=None) -> BwrapSandbox:
+        if task is not None and task_dir is None:
+            task_dir = task.task_dir
+        if task is not None:
+            check_task_supported(task)
+        elif task_dir is not None:
+            check_dockerfile_supported(task_dir / "environment" / "Dockerfile")
         name = f"{PREFIX}{os.getpid()}-{next(_counter)}"
         d = self.root / name
-        for sub in ("app", "logs/verifier", "tests"):
+        for sub in ("app", "logs/verifier", "logs/agent", "tests"):
             (d / sub).mkdir(parents=True, exist_ok=True)
+        for p in (d, d / "logs", d / "logs/verifier", d / "tests"):
+            p.chmod(0o755)
         seed = task_dir / "environment" / "app" if task_dir else None
         if seed is not None and seed.is_dir():
             shutil.copytree(seed, d / "app", dirs_exist_ok=True, symlinks=True)
         (d / "owner").write_text(f"{os.getpid()} {episode}\n")
-        if self.run_as is not None:
-            for p in [d, *d.rglob("*")]:
+        if self.run_as is not None:  # the agent owns its work tree and /logs/agent, root the rest
+            for p in [d / "app", *(d / "app").rglob("*"), d / "logs/agent"]:
                 os.chown(p, self.run_as, self.run_as, follow_symlinks=False)
         cg = _Cgroup.create(name, self.cfg.pids, self.cfg.memory_mb << 20) if self.use_cgroup else None
         return BwrapSandbox(self.cfg, self.rootfs, d, cg, self.run_as)
@@ -298,10 +379,37 @@ class BwrapBackend(SandboxBackend):
         return reaped
 
 
-def check_dockerfile_supported(task_dir: Path) -> None:
+def _remove(p: Path) -> None:
+    """Remove whatever is at ``p`` (file, link, tree) without following links."""
+    if p.is_symlink() or p.is_file() or (p.exists() and not p.is_dir()):
+        p.unlink()
+    elif p.is_dir():
+        for sub in [p, *p.rglob("*")]:  # the agent may have made its tree unreadable: restore modes first
+            if sub.is_dir() and not sub.is_symlink():
+                sub.chmod(0o700)
+        shutil.rmtree(p)
+
+
+def check_task_supported(task) -> None:
+    """What bwrap cannot reproduce of a task: refused at start with the reason."""
+    why = ""
+    if task.image:
+        why = f"it runs on the prebuilt image {task.image!r}"
+    elif task.extra.get("compose.other_services"):
+        why = f"its docker-compose file runs other services ({task.extra['compose.other_services']})"
+    elif task.network != "none":
+        why = f"it declares network access ({task.network}); bwrap sandboxes are always offline"
+    if why:
+        raise SandboxError(f"task {task.task_id}: bwrap cannot run it: {why}; use sandbox.backend=docker")
+    if task.dockerfile is not None:
+        check_dockerfile_supported(task.dockerfile)
+
+
+def check_dockerfile_supported(dockerfile: Path) -> None:
     """bwrap runs on the shared rootfs with ``environment/app`` copied into /app; a task
-    whose Dockerfile does more (RUN, other COPY targets, ENV, ...) needs the docker backend."""
-    dockerfile = task_dir / "environment" / "Dockerfile"
+    whose Dockerfile does more (RUN, other COPY targets, ENV, ...) needs the docker backend.
+    It also keeps killing what a command leaves running (no container to bound it), where
+    docker keeps it alive into the later commands as Harbor does."""
     if not dockerfile.is_file():
         return
     for line in dockerfile.read_text().splitlines():

@@ -1,17 +1,28 @@
 """Docker backend: the Docker Engine API through the ``docker`` SDK (Podman's compatible
-API in CI). One container per episode, reused across its turns; one ``exec`` per command.
+API in CI). One container per episode, live across its turns (as in Harbor: what the agent
+starts in the background keeps running into its later commands and the verifier); one
+``exec`` per command.
 
 Containment: ``network_mode=none``; memory (no swap), pids and CPU limits; the image is
 never written (the container's private copy-on-write layer is discarded with it); each
-command runs under ``timeout`` (TERM, then KILL a second later) with its output written to
-a tmpfs of cap + drain bytes (a flood fills that, not the host), and every process the
-command left behind is killed before ``exec`` returns. Containers carry the labels
+command runs under ``timeout`` (TERM, then KILL a second later, to its process group)
+with its output written to a tmpfs of cap + drain bytes (a flood fills that, not the
+host). Everything the agent started dies with the container. Containers carry the labels
 ``echo-rl.owner`` (trainer pid) and ``echo-rl.host``: ``reap_orphans`` removes those of
 dead trainers on this host.
 
-Images: a task with ``environment/Dockerfile`` is built once and cached under a tag
-derived from the hash of its environment directory (never rebuilt per batch); a task
-without one runs on the base image with ``environment/app`` copied into ``/app``.
+Two principals: the agent's commands run as ``echo-agent`` (uid 10001, owner of the work
+dir, ``/logs/agent`` and its home) unless ``sandbox.agent_user`` says root; the verifier
+runs as root with a clean environment (``exec(..., verifier=True)``). ``/tests`` and
+``/logs/verifier`` (its own tmpfs) are root's: the unprivileged agent cannot write them,
+nor any system binary the verifier calls.
+
+Images, in order: the task's prebuilt ``image`` (Harbor ``docker_image``), its Dockerfile
+(Harbor ``environment/``, Terminal-Bench's task dir; built once, cached under a tag derived
+from the hash of the build context), or the base image with ``environment/app`` copied
+into ``/app``. ``sandbox.image_map`` maps public names (a ``FROM`` line, a
+``docker_image``) to local images; a name that is neither present nor mapped nor
+pullable fails with one line naming the image, the task and the key.
 """
 
 from __future__ import annotations
@@ -19,17 +30,19 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import shlex
 import socket
 import tarfile
 import time
 from pathlib import Path
 
-from pipeline.sandbox.base import ExecResult, Sandbox, SandboxBackend, SandboxConfig, SandboxError
+from pipeline.sandbox.base import (UNSAFE_ENV, VERIFIER_PATH, ExecResult, Sandbox, SandboxBackend,
+                                   SandboxConfig, SandboxError)  # fmt: skip
 
 OWNER, HOST = "echo-rl.owner", "echo-rl.host"
-# PID 1 of every episode container: immune to `kill -9 -1` (which each command's wrapper
-# repeats until nothing is left), has no child of its own for that loop to kill, and reaps
+# PID 1 of every episode container: immune to `kill -9 -1` (which stops a root agent's
+# processes before the verifier), has no child of its own for that loop to kill, and reaps
 # every orphan reparented to it, so dead processes never hold on to the pids limit.
 KEEPER = (
     "import os, signal\n"
@@ -40,8 +53,9 @@ KEEPER = (
     "    except ChildProcessError:\n"
     "        signal.pause()\n"
 )
-OUT = "/run/echo-rl-out"
-TRAILER = "ECHO-RL-EXEC-END"  # tmpfs of output_bytes + drain_bytes: the command's output file
+OUT, OUTV = "/run/echo-rl-out", "/run/echo-rl-vout"  # the agent's / the verifier's output tmpfs
+TRAILER = "ECHO-RL-EXEC-END"
+AGENT_UID, AGENT_NAME, AGENT_HOME = 10001, "echo-agent", "/home/echo-agent"
 
 
 def _tar(files: dict[str, bytes], mode: int) -> bytes:
@@ -50,6 +64,7 @@ def _tar(files: dict[str, bytes], mode: int) -> bytes:
         for path, data in files.items():
             info = tarfile.TarInfo(path.lstrip("/"))
             info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+            info.uid = info.gid = 0
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
 
@@ -58,41 +73,69 @@ def _tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-class DockerSandbox(Sandbox):
-    def __init__(self, cfg: SandboxConfig, container):
-        self.cfg, self.container, self.closed = cfg, container, False
+def _context_digest(context: Path, extra: str) -> str:
+    digest = hashlib.sha256(extra.encode())
+    for rel, data in sorted(_tree(context).items()):
+        digest.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
+    return digest.hexdigest()[:16]
 
-    def _script(self, command: str, timeout: float) -> str:
+
+class DockerSandbox(Sandbox):
+    def __init__(self, cfg: SandboxConfig, container, *, workdir: str, agent_uid: int | None, env: dict):
+        self.cfg, self.container, self.closed = cfg, container, False
+        self.workdir, self.agent_uid, self.env = workdir, agent_uid, env
+
+    def _script(self, command: str, timeout: float, out: str, prefix: str = "") -> str:
         # Output goes to a file on a tmpfs sized cap + drain (a flood hits ENOSPC there, not
-        # the host); after the command, a builtin kill loop (no fork needed, so it works
-        # even with the pids limit exhausted) removes every process it left behind; then
-        # the first output_bytes are printed, followed by a trailer with exit code and size.
+        # the host); then the first output_bytes are printed, followed by a trailer with
+        # exit code and size.
         return (
-            f"timeout -k 1 {timeout:g} bash -c {shlex.quote(command)} > {OUT}/o 2>&1 < /dev/null; rc=$?; "
-            "for ((i = 0; i < 10000; i++)); do kill -9 -1 2>/dev/null || break; done; "
-            f"head -c {self.cfg.output_bytes} {OUT}/o; size=$(stat -c %s {OUT}/o); rm -f {OUT}/o; "
+            f"{prefix}timeout -k 1 {timeout:g} bash -c {shlex.quote(command)} > {out}/o 2>&1 < /dev/null; rc=$?; "
+            f"head -c {self.cfg.output_bytes} {out}/o; size=$(stat -c %s {out}/o); rm -f {out}/o; "
             f'printf "\\n{TRAILER} %s %s" "$rc" "$size"'
         )
 
-    def exec(self, command: str, *, timeout_s: float | None = None) -> ExecResult:
+    def _verifier_env(self, env: dict[str, str] | None) -> str:
+        """``env -i ...``: the image's own variables (the task's, not the agent's) minus
+        those that change what programs load, system dirs first on PATH, a fresh HOME."""
+        base = {k: v for k, v in self.env.items() if k not in UNSAFE_ENV}
+        extra = [p for p in base.get("PATH", "").split(":") if p and p not in VERIFIER_PATH.split(":")]
+        base.update(PATH=":".join([VERIFIER_PATH, *extra]), PYTHONNOUSERSITE="1", USER="root", **(env or {}))
+        base.pop("HOME", None)
+        items = " ".join(shlex.quote(f"{k}={v}") for k, v in base.items() if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k))
+        return f'h=$(mktemp -d /tmp/.echo-rl-verifier.XXXXXX) && env -i HOME="$h" {items} '
+
+    def _run(self, script: str, user: str, environment: dict | None = None, workdir: str | None = None) -> bytes:
+        api = self.container.client.api
+        try:
+            exec_id = api.exec_create(self.container.id, ["bash", "-c", script], workdir=workdir or self.workdir, user=user,
+                                      environment=environment)["Id"]  # fmt: skip
+            return b"".join(api.exec_start(exec_id, stream=True))
+        except Exception as e:  # the engine or the container died: not the command's fault
+            raise SandboxError(f"docker exec failed: {e}") from e
+
+    def exec(self, command: str, *, timeout_s: float | None = None, verifier: bool = False,
+             env: dict[str, str] | None = None) -> ExecResult:  # fmt: skip
         if self.closed:
             raise SandboxError("exec on a closed sandbox")
         cfg = self.cfg
         timeout = cfg.timeout_s if timeout_s is None else timeout_s
         start = time.monotonic()
-        api = self.container.client.api
-        try:
-            exec_id = api.exec_create(self.container.id, ["bash", "-c", self._script(command, timeout)],
-                                      workdir=cfg.workdir)["Id"]  # fmt: skip
-            raw = b"".join(api.exec_start(exec_id, stream=True))
-        except Exception as e:  # the engine or the container died: not the command's fault
-            raise SandboxError(f"docker exec failed: {e}") from e
+        if verifier:
+            raw = self._run(self._script(command, timeout, OUTV, self._verifier_env(env)), "0")
+        else:
+            user = "0" if self.agent_uid is None else f"{self.agent_uid}:{self.agent_uid}"
+            home = {"HOME": AGENT_HOME, "USER": AGENT_NAME} if self.agent_uid is not None else {}
+            raw = self._run(self._script(command, timeout, OUT), user, {**home, **(env or {})})
         body, sep, trailer = raw.rpartition(b"\n" + TRAILER.encode() + b" ")
         if not sep:
-            raise SandboxError(f"docker exec returned no trailer (container gone?): {raw[-300:]!r}")
+            raise SandboxError(f"docker exec returned no trailer (container gone or shell broken?): {raw[-300:]!r}")
         fields = trailer.split()  # "RC SIZE"; SIZE is missing if the command deleted stat(1)
-        rc = int(fields[0])
-        total = int(fields[1]) if len(fields) > 1 else len(body)
+        try:
+            rc = int(fields[0])
+            total = int(fields[1]) if len(fields) > 1 else len(body)
+        except (ValueError, IndexError):
+            raise SandboxError(f"docker exec returned a malformed trailer: {raw[-300:]!r}") from None
         duration = time.monotonic() - start
         timed_out = rc in (124, 137) and duration >= timeout
         return ExecResult(
@@ -100,6 +143,17 @@ class DockerSandbox(Sandbox):
             timed_out=timed_out, truncated=total > cfg.output_bytes, output_total_bytes=total,
             duration_s=duration, timeout_s=timeout,
         )  # fmt: skip
+
+    def _root(self, script: str) -> None:
+        raw = self._run(f"{script}; printf '\\n{TRAILER} %s' $?", "0", workdir="/")
+        if not raw.rstrip().endswith(f"{TRAILER} 0".encode()):
+            raise SandboxError(f"sandbox setup failed: {raw[-300:]!r}")
+
+    def prepare_verifier(self, *, stop_agent: bool) -> None:
+        kill = "for ((i = 0; i < 10000; i++)); do kill -9 -1 2>/dev/null || break; done; " if stop_agent else ""
+        self._root(kill + "rm -rf /tests && mkdir -p -m 755 /tests /logs/verifier && "
+                   "find /logs/verifier -mindepth 1 -delete && chown 0:0 /tests /logs/verifier && "
+                   "chmod 755 /tests /logs/verifier")  # fmt: skip
 
     def shell(self) -> int:
         """An interactive shell in the episode's container (through the docker/podman CLI)."""
@@ -109,23 +163,53 @@ class DockerSandbox(Sandbox):
         cli = shutil.which("docker") or shutil.which("podman")
         if cli is None:
             raise SandboxError("an interactive shell needs the docker or podman CLI")
-        return subprocess.call([cli, "exec", "-it", "-w", self.cfg.workdir, self.container.id, "bash"])
+        user = ["-u", str(self.agent_uid)] if self.agent_uid is not None else []
+        return subprocess.call([cli, "exec", "-it", *user, "-w", self.workdir, self.container.id, "bash"])
 
     def put_files(self, files: dict[str, bytes], *, mode: int = 0o644) -> None:
+        if not files:
+            return
         try:
             self.container.put_archive("/", _tar(files, mode))
         except Exception as e:
             raise SandboxError(f"put_files failed: {e}") from e
 
-    def read_file(self, path: str) -> bytes | None:
+    def read_file(self, path: str, *, max_bytes: int = 1 << 16) -> bytes | None:
+        # The engine resolves the path inside the container's root, never on the host; a
+        # link comes back as a link member and is refused.
         try:
             stream, _ = self.container.get_archive(path)
+            data = b"".join(stream)
         except Exception:
             return None
-        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             member = tar.next()
-            f = tar.extractfile(member) if member is not None else None
-            return f.read() if f is not None else None
+            if member is None or not member.isfile() or member.size > max_bytes:
+                return None
+            f = tar.extractfile(member)
+            return f.read(max_bytes + 1) if f is not None else None
+
+    def alive(self) -> bool:
+        try:
+            self.container.reload()
+            return self.container.status == "running"
+        except Exception:
+            return False
+
+    def copy_workdir_to(self, other: Sandbox) -> None:
+        if not isinstance(other, DockerSandbox):
+            raise SandboxError("copy_workdir_to: both sandboxes must be docker ones")
+        wd = self.workdir.rstrip("/") or "/"
+        try:
+            stream, _ = self.container.get_archive(wd)
+            data = b"".join(stream)
+        except Exception as e:
+            raise SandboxError(f"reading the work tree {wd} failed: {e}") from e
+        other._root(f"find {shlex.quote(wd)} -mindepth 1 -delete")
+        try:
+            other.container.put_archive(str(Path(wd).parent), data)
+        except Exception as e:
+            raise SandboxError(f"copying the work tree failed: {e}") from e
 
     def close(self) -> None:
         if not self.closed:
@@ -154,42 +238,107 @@ class DockerBackend(SandboxBackend):
         self.builds = 0  # images built by this backend (the cache keeps this small)
         self.reap_orphans()
 
-    def task_image(self, task_dir: Path) -> str:
-        env = task_dir / "environment"
-        if not (env / "Dockerfile").is_file():
-            return self.image
-        digest = hashlib.sha256()
-        for rel, data in sorted(_tree(env).items()):
-            digest.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
-        tag = f"echo-rl-task:{digest.hexdigest()[:16]}"
+    def resolve_image(self, name: str, task_id: str, what: str) -> str:
+        """A local image for the public ``name``: mapped, present, or pulled."""
+        mapped = self.cfg.image_map.get(name, name)
+        for candidate in (mapped, mapped if ":" in mapped.rsplit("/", 1)[-1] else f"{mapped}:latest"):
+            try:
+                self.client.images.get(candidate)
+                return candidate
+            except Exception:
+                pass
+        try:
+            self.client.images.pull(mapped)
+            return mapped
+        except Exception as e:
+            raise SandboxError(
+                f"task {task_id}: image {name!r} ({what}) is not present, not mapped and cannot be pulled "
+                f"({str(e)[:120]}): set sandbox.image_map.{name}=LOCAL_IMAGE or build it (tools/podman_setup.sh "
+                "builds local stand-ins for debian/ubuntu/python bases)"
+            ) from None
+
+    def _build(self, dockerfile: Path, context: Path, task_id: str, timeout_s: float) -> str:
+        text = dockerfile.read_text()
+        for name in re.findall(r"^\s*FROM\s+(?:--\S+\s+)*(\S+)", text, re.M | re.I):
+            if name.lower() == "scratch" or "$" in name:
+                continue
+            local = self.resolve_image(name, task_id, f"FROM in {dockerfile.name}")
+            if local != name:  # the Dockerfile names the public tag: give it that name here
+                self.client.images.get(local).tag(name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest")
+        rel = str(dockerfile.relative_to(context)) if dockerfile.is_relative_to(context) else str(dockerfile)
+        tag = f"echo-rl-task:{_context_digest(context, rel + repr(sorted(self.cfg.image_map.items())))}"
         try:
             self.client.images.get(tag)
+            return tag
         except Exception:
-            try:
-                self.client.images.build(path=str(env), tag=tag, rm=True, network_mode="none")
-            except Exception as e:
-                raise SandboxError(f"building {env}/Dockerfile failed: {e}") from e
-            self.builds += 1
+            pass
+        try:
+            self.client.images.build(path=str(context), dockerfile=rel, tag=tag, rm=True, network_mode="none",
+                                     timeout=int(timeout_s))  # fmt: skip
+        except Exception as e:
+            raise SandboxError(f"task {task_id}: building {dockerfile} failed: {str(e)[-1500:]}") from e
+        self.builds += 1
         return tag
 
-    def start(self, *, task_dir: Path | None = None, episode: str = "") -> DockerSandbox:
+    def task_image(self, task_dir: Path, task=None) -> str:
+        task_id = task.task_id if task is not None else task_dir.name
+        if task is not None and task.extra.get("compose.other_services"):
+            raise SandboxError(f"task {task_id}: its docker-compose file runs other services beside the agent's "
+                               f"({task.extra['compose.other_services']}): not supported yet")  # fmt: skip
+        if task is not None and task.image:
+            return self.resolve_image(task.image, task_id, "docker_image")
+        dockerfile = task.dockerfile if task is not None else task_dir / "environment" / "Dockerfile"
+        if dockerfile is None or not dockerfile.is_file():
+            return self.image
+        return self._build(dockerfile, dockerfile.parent, task_id, task.build_timeout_s if task else 600)
+
+    def start(self, *, task_dir: Path | None = None, episode: str = "", task=None) -> DockerSandbox:
         cfg = self.cfg
-        image = self.task_image(task_dir) if task_dir else self.image
+        if task is not None and task_dir is None:
+            task_dir = task.task_dir
+        image = self.task_image(task_dir, task) if task_dir else self.image
+        agent_root = cfg.agent_user == "root" or (cfg.agent_user == "task" and task is not None
+                                                  and task.agent_user in ("root", "0"))  # fmt: skip
+        memory = task.memory_mb if task is not None and task.memory_mb else cfg.memory_mb
+        memory = min(memory, cfg.memory_mb) if cfg.memory_mb else memory  # the sandbox's cap bounds the task's ask
+        extra = {"nano_cpus": int(task.cpus * 1e9)} if task is not None and task.cpus else {}
+        env = dict(task.env) if task is not None else {}
         try:
             container = self.client.containers.run(
-                image, ["python3", "-c", KEEPER], detach=True, network_mode="none",
-                mem_limit=f"{cfg.memory_mb}m", memswap_limit=f"{cfg.memory_mb}m", pids_limit=cfg.pids,
-                working_dir=cfg.workdir, labels={OWNER: str(os.getpid()), HOST: socket.gethostname(),
-                                                 "echo-rl.episode": episode},
-                tmpfs={"/tmp": "size=256m", OUT: f"size={cfg.output_bytes + cfg.drain_bytes}"},
+                image, ["python3", "-c", KEEPER], detach=True, network_mode="none", environment=env,
+                mem_limit=f"{memory}m", memswap_limit=f"{memory}m", pids_limit=cfg.pids, user="0",
+                labels={OWNER: str(os.getpid()), HOST: socket.gethostname(), "echo-rl.episode": episode},
+                tmpfs={"/tmp": "size=256m,mode=1777", OUT: f"size={cfg.output_bytes + cfg.drain_bytes}",
+                       OUTV: f"size={cfg.output_bytes + cfg.drain_bytes},mode=0700",
+                       "/logs/verifier": "size=64m,mode=0755"}, **extra,
             )  # fmt: skip
         except Exception as e:
-            raise SandboxError(f"container start failed: {e}") from e
-        box = DockerSandbox(cfg, container)
+            raise SandboxError(f"container start failed ({image}): {e}") from e
+        attrs = container.attrs.get("Config") or {}
+        image_env = dict(e.split("=", 1) for e in attrs.get("Env") or [] if "=" in e)
+        workdir = (task.workdir if task is not None and task.workdir else "") or attrs.get("WorkingDir") or ""
+        workdir = workdir if workdir not in ("", "/") else cfg.workdir
+        box = DockerSandbox(cfg, container, workdir=cfg.workdir, agent_uid=None if agent_root else AGENT_UID,
+                            env=image_env)  # fmt: skip
+        try:
+            wd = shlex.quote(workdir)
+            own = f"{wd} /app /logs/agent {AGENT_HOME} {OUT}"
+            box._root(
+                f"mkdir -p /app /logs/agent /logs/verifier /tests {wd} {AGENT_HOME} && "
+                f"(grep -q '^{AGENT_NAME}:' /etc/passwd || echo '{AGENT_NAME}:x:{AGENT_UID}:{AGENT_UID}::{AGENT_HOME}:/bin/bash' >> /etc/passwd) && "
+                + (f"chown -R {AGENT_UID}:{AGENT_UID} {own} && " if not agent_root else "")
+                + "chown 0:0 /logs /tests /logs/verifier && chmod 755 /logs /tests /logs/verifier"
+            )  # fmt: skip
+        except SandboxError:
+            box.close()
+            raise
+        box.workdir = workdir
         seed = task_dir / "environment" / "app" if task_dir else None
         if image == self.image and seed is not None and seed.is_dir():
-            box.put_files({f"{cfg.workdir}/{rel}": data for rel, data in _tree(seed).items()})
-        box.exec("mkdir -p /app /logs/verifier /tests")
+            files = _tree(seed)
+            box.put_files({f"/app/{rel}": data for rel, data in files.items()})
+            if not agent_root and files:
+                box._root(f"chown -R {AGENT_UID}:{AGENT_UID} /app")
         return box
 
     def reap_orphans(self) -> int:

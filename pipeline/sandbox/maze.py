@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from pipeline.sandbox.base import ExecResult, Sandbox, SandboxBackend, SandboxConfig, SandboxError
-from pipeline.tasks.base import REWARD_FILE
+from pipeline.tasks.verifier import REWARD_FILE
 from pipeline.tasks.maze import DIRECTIONS, INVALID, Maze
 
 
@@ -28,7 +28,8 @@ class MazeSandbox(Sandbox):
         self.dist = maze.distances()
         self.closed = False
 
-    def exec(self, command: str, *, timeout_s: float | None = None) -> ExecResult:
+    def exec(self, command: str, *, timeout_s: float | None = None, verifier: bool = False,
+             env: dict[str, str] | None = None) -> ExecResult:  # fmt: skip
         if self.closed:
             raise SandboxError("the maze sandbox is closed")
         t0 = time.perf_counter()
@@ -47,7 +48,7 @@ class MazeSandbox(Sandbox):
         if files:
             raise SandboxError("a maze has no file system")
 
-    def read_file(self, path: str) -> bytes | None:
+    def read_file(self, path: str, *, max_bytes: int = 1 << 16) -> bytes | None:
         return (b"1" if self.cell == self.maze.goal else b"0") if path == REWARD_FILE else None
 
     def close(self) -> None:
@@ -58,7 +59,8 @@ class MazeBackend(SandboxBackend):
     def __init__(self, cfg: SandboxConfig | None = None):
         self.cfg = cfg
 
-    def start(self, *, task_dir: Path | None = None, episode: str = "") -> Sandbox:
+    def start(self, *, task_dir: Path | None = None, episode: str = "", task=None) -> Sandbox:
+        task_dir = task_dir if task_dir is not None else (task.task_dir if task is not None else None)
         path = Path(task_dir or "") / "maze.json"
         if not path.is_file():
             raise SandboxError(f"no maze.json in task dir {task_dir} (the maze backend runs maze tasks only)")

@@ -1,8 +1,8 @@
-"""A terminal task, loaded from a task directory, and running its verifier in a sandbox.
+"""A terminal task, loaded from a task directory (Harbor, Terminal-Bench 1 or generated).
 
-Where it sits: task set → **Task** → rollout (instruction, sandbox seed) → **run_verifier**
-→ reward. The tests are copied into the sandbox only after the agent finished, so the
-agent can never read them.
+Where it sits: task set → **Task** → rollout (instruction, sandbox image and limits) →
+verifier (``pipeline/tasks/verifier.py``) → reward. The tests are copied into the sandbox
+only after the agent finished, so the agent can never read them.
 """
 
 from __future__ import annotations
@@ -10,13 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.sandbox.base import Sandbox
-
-REWARD_FILE = "/logs/verifier/reward.txt"
-
 
 class TaskFormatError(ValueError):
     """A task directory is missing a file or has a malformed one (names which)."""
+
+
+class VerifierError(RuntimeError):
+    """The verifier could not produce a reward (crashed, timed out, no or a malformed reward
+    file). Whether the agent or the infrastructure is to blame is decided by the caller
+    (``pipeline.tasks.verifier.verify``)."""
 
 
 @dataclass
@@ -26,35 +28,28 @@ class Task:
     task_dir: Path  # the directory it was loaded from
     tests: dict[str, bytes] = field(default_factory=dict)  # sandbox path → content, copied after the agent
     test_command: str = "bash /tests/test.sh"  # run by the verifier
-    reward_from: str = "file"  # "file": read REWARD_FILE; "exit_code": 1 if the command exits 0
-    solution: str = ""  # reference solution (a bash script), "" if none
-    agent_timeout_s: float = 600.0
-    verifier_timeout_s: float = 120.0
+    reward_from: str = "file"  # file: reward.json / reward.txt | pytest: TB1's parser of the summary | exit_code
+    solution: str = ""  # the reference solution's script text ("" if none)
+    solution_files: dict[str, bytes] = field(default_factory=dict)  # /solution/... (Harbor's oracle copies solution/)
+    solution_command: str = ""  # how the oracle runs it ("bash /solution/solve.sh")
+    agent_timeout_s: float = 600.0  # the agent phase (Harbor: None = unlimited; ours is finite)
+    verifier_timeout_s: float = 600.0
+    build_timeout_s: float = 600.0
     memory_mb: int | None = None
+    cpus: float | None = None
+    storage_mb: int | None = None
     family: str = ""  # generated tasks: the family name
-
-
-class VerifierError(RuntimeError):
-    """The verifier could not produce a reward (crashed, timed out, no reward file)."""
-
-
-def run_verifier(task: Task, sandbox: Sandbox) -> float:
-    """Copy the tests in, run them, return the reward. Raises VerifierError when the
-    verifier itself fails — an infrastructure error, never a reward of 0."""
-    sandbox.put_files({p: data for p, data in task.tests.items()}, mode=0o755)
-    result = sandbox.exec(task.test_command, timeout_s=task.verifier_timeout_s)
-    if result.timed_out:
-        raise VerifierError(f"{task.task_id}: verifier timed out after {task.verifier_timeout_s:g} s")
-    if task.reward_from == "exit_code":
-        return 1.0 if result.exit_code == 0 else 0.0
-    raw = sandbox.read_file(REWARD_FILE)
-    if raw is None:
-        raise VerifierError(f"{task.task_id}: verifier wrote no {REWARD_FILE} (exit {result.exit_code}): "
-                            f"{result.output[-500:]}")  # fmt: skip
-    try:
-        return float(raw.decode().strip())
-    except ValueError as e:
-        raise VerifierError(f"{task.task_id}: reward file holds {raw[:50]!r}") from e
+    image: str = ""  # a prebuilt image (Harbor's docker_image) used instead of building
+    dockerfile: Path | None = None  # the image recipe; its directory is the build context
+    compose: Path | None = None  # docker-compose.yaml (the service the agent uses: main / client)
+    workdir: str = ""  # where commands run ("" = the image's WORKDIR, else the sandbox's)
+    env: dict[str, str] = field(default_factory=dict)  # the container's environment
+    verifier_env: dict[str, str] = field(default_factory=dict)  # [verifier] env
+    solution_env: dict[str, str] = field(default_factory=dict)  # [solution] env
+    agent_user: str = ""  # [agent] user ("" = the sandbox's choice)
+    network: str = "none"  # what the task declares: none | public | allowlist
+    allowed_hosts: list[str] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)  # task.toml / task.yaml fields kept but not used
 
 
 def read_tree(root: Path, prefix: str) -> dict[str, bytes]:

@@ -3,9 +3,16 @@
     echo-rl tasks generate --families all --n 4 --out tasks/ --seed 0
 
 Each family draws its parameters from ``random.Random(seed)`` and returns an instruction,
-the files that seed ``/app``, a verifier check (bash, true = solved) and a reference
-solution. CI checks, in a real sandbox, that each family's solution scores 1 and doing
-nothing scores 0.
+the files that seed ``/app``, a verifier check (bash, true = solved), the files the check
+compares against (``tests/expected/``: copied in with the tests, after the agent, never
+under /app) and a reference solution. CI checks, in a real sandbox, that each family's
+solution scores 1 and doing nothing scores 0.
+
+The check runs as the agent's user where the sandbox has one (``ECHO_RL_AGENT_UID``,
+``setpriv``): several checks execute what the agent wrote (``sum.py``, ``greet.sh``, git
+in its repository), and code the agent wrote must not run with the rights that can write
+the reward. ``test.sh`` (root) writes the reward from the check's exit status.
+Every family's check reads only files: ``verifier_isolation: fresh`` suits them all.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import io
 import json
 import random
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 WORDS = ("alpha", "bravo", "cedar", "delta", "ember", "fjord", "gamma", "harbor", "indigo",
@@ -27,6 +34,7 @@ class Generated:
     files: dict[str, bytes | str]  # relative to /app
     check: str  # bash; exit status 0 = solved
     solution: str  # bash, run in /app
+    expected: dict[str, bytes | str] = field(default_factory=dict)  # relative to /tests/expected
 
 
 def files_mkdir(r: random.Random) -> Generated:
@@ -52,8 +60,8 @@ def text_replace(r: random.Random) -> Generated:
     body = "[main]\n" + "\n".join(lines) + "\n"
     expected = body.replace(old, new)
     return Generated(f"In /app/config.ini replace every occurrence of `{old}` with `{new}`, in place; change nothing else.",
-                     {"config.ini": body, ".expected": expected}, "cmp -s /app/config.ini /app/.expected",
-                     f"sed -i 's/{old}/{new}/g' config.ini")  # fmt: skip
+                     {"config.ini": body}, "cmp -s /app/config.ini /tests/expected/config.ini",
+                     f"sed -i 's/{old}/{new}/g' config.ini", {"config.ini": expected})  # fmt: skip
 
 
 def python_fix(r: random.Random) -> Generated:
@@ -128,8 +136,8 @@ def find_large(r: random.Random) -> Generated:
     big = sorted(Path(p).name for p, s in sizes.items() if s > 4096)
     expected = "\n".join(big) + ("\n" if big else "")
     return Generated("List the names (no directory) of the files under /app/data larger than 4096 bytes, sorted, one per line, in /app/answer.txt.",
-                     {**{p: b"x" * s for p, s in sizes.items()}, ".expected": expected}, "cmp -s /app/answer.txt /app/.expected",
-                     "find data -type f -size +4096c -printf '%f\\n' | sort > answer.txt")  # fmt: skip
+                     {p: b"x" * s for p, s in sizes.items()}, "cmp -s /app/answer.txt /tests/expected/answer.txt",
+                     "find data -type f -size +4096c -printf '%f\\n' | sort > answer.txt", {"answer.txt": expected})  # fmt: skip
 
 
 def symlink_latest(r: random.Random) -> Generated:
@@ -164,6 +172,20 @@ FAMILIES = {f.__name__: f for f in (
 )}  # fmt: skip
 
 
+# The verifier of every family: the check runs as the agent (see the module doc); only
+# this script, as root, writes the reward.
+TEST_SH = """#!/bin/bash
+cd /app
+if [ -n "${ECHO_RL_AGENT_UID:-}" ] && [ "$(id -u)" = 0 ]; then
+    run() { setpriv --reuid="$ECHO_RL_AGENT_UID" --regid="$ECHO_RL_AGENT_UID" --clear-groups -- "$@"; }
+else
+    run() { "$@"; }
+fi
+if run bash /tests/check.sh > /dev/null 2>&1 < /dev/null; then r=1; else r=0; fi
+echo "$r" > /logs/verifier/reward.txt
+"""
+
+
 def write_task(g: Generated, out: Path, task_id: str, family: str) -> Path:
     d = out / task_id
     (d / "environment" / "app").mkdir(parents=True, exist_ok=True)
@@ -179,10 +201,12 @@ def write_task(g: Generated, out: Path, task_id: str, family: str) -> Path:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(data.encode() if isinstance(data, str) else data)
     (d / "environment" / "Dockerfile").write_text("FROM echo-rl-base:latest\nWORKDIR /app\nCOPY app/ /app/\n")
-    (d / "tests" / "test.sh").write_text(
-        "#!/bin/bash\nmkdir -p /logs/verifier\n"
-        f"if ( {g.check} ); then echo 1 > /logs/verifier/reward.txt; else echo 0 > /logs/verifier/reward.txt; fi\n"
-    )
+    for rel, data in g.expected.items():
+        p = d / "tests" / "expected" / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data.encode() if isinstance(data, str) else data)
+    (d / "tests" / "check.sh").write_text(f"#!/bin/bash\n{g.check}\n")
+    (d / "tests" / "test.sh").write_text(TEST_SH)
     (d / "solution" / "solve.sh").write_text(f"#!/bin/bash\nset -e\ncd /app\n{g.solution}\n")
     return d
 

@@ -1,0 +1,167 @@
+"""The verifier: after the agent, the task's tests decide the reward — on ground the agent
+cannot have prepared.
+
+Where it sits: rollout (the agent finished) → **verify(task, sandbox, backend, cfg)** →
+Verdict (reward, named rewards, who is to blame for a failure) → Trajectory.reward.
+
+What the harness guarantees, whatever the agent did before (Harbor's and Terminal-Bench's
+own harnesses guarantee none of it; their run semantics are kept otherwise):
+
+- ``/tests`` and ``/logs/verifier`` are removed as the agent left them and laid anew,
+  owned by root (``Sandbox.prepare_verifier``); the tests are copied in only then.
+- The verifier runs as root with a clean process environment: system directories first
+  on ``PATH``, ``PYTHONNOUSERSITE=1``, a fresh ``HOME``, none of ``UNSAFE_ENV``,
+  ``TEST_DIR=/tests``, the task's ``[verifier] env``. Where the agent ran as another user
+  (``Sandbox.agent_uid``) its processes may live on (Harbor tasks check services the agent
+  started) — they cannot write the verifier's ground; where it ran as root they are killed.
+- The reward file is read without following links, must be a regular file of at most
+  64 KiB and hold what its format allows: ``reward.json`` an object of name → finite
+  number (the training reward is ``cfg.reward_key``, or the mean when that key is absent),
+  else ``reward.txt`` one finite number. Terminal-Bench 1 tasks are decided like TB's
+  pytest parser: every test of pytest's "short test summary info" PASSED, SKIPPED or XFAIL.
+- Blame: when the verifier fails (no/malformed reward, timeout, the sandbox broke under
+  it), the same verifier runs once more on a fresh sandbox of the task where no agent
+  acted. If it works there, the agent's changes caused the failure: reward 0,
+  ``failure="agent"``. If it fails there too, it is the infrastructure's (or the task's):
+  ``VerifierError``, and the episode is an ``infra_error``.
+- ``cfg.verifier_isolation: fresh`` verifies in a new sandbox of the task's image into
+  which only the agent's work tree is copied: nothing the agent did to the system can
+  reach the verifier (for tasks whose checks read only files).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+
+from pipeline.sandbox.base import SandboxBackend, SandboxConfig, SandboxError
+from pipeline.tasks.base import Task, VerifierError
+
+REWARD_JSON, REWARD_TXT = "/logs/verifier/reward.json", "/logs/verifier/reward.txt"
+REWARD_FILE = REWARD_TXT  # the one the generated families write
+TEST_STDOUT = "/logs/verifier/test-stdout.txt"
+MAX_REWARD_BYTES = 1 << 16
+MAX_STDOUT_BYTES = 8 << 20
+PYTEST_OK = ("PASSED", "SKIPPED", "XFAIL")
+
+
+@dataclass
+class Verdict:
+    reward: float  # the training reward
+    rewards: dict[str, float] = field(default_factory=dict)  # every named reward the verifier wrote
+    failure: str = ""  # "agent": the agent's changes made the verifier fail (reward 0)
+    detail: str = ""  # why it failed
+    seconds: float = 0.0
+
+
+def parse_reward_txt(raw: bytes) -> float:
+    text = raw.decode("utf-8", errors="replace").strip()
+    try:
+        value = float(text)
+    except ValueError:
+        raise VerifierError(f"reward.txt holds {text[:60]!r}, not one number") from None
+    if not math.isfinite(value):
+        raise VerifierError(f"reward.txt holds {value}, not a finite number")
+    return value
+
+
+def parse_reward_json(raw: bytes) -> dict[str, float]:
+    try:
+        obj = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise VerifierError(f"reward.json is not JSON: {e}") from None
+    if not isinstance(obj, dict) or not obj:
+        raise VerifierError(f"reward.json must be a non-empty object of name → number, got {str(obj)[:60]}")
+    bad = {k: v for k, v in obj.items() if isinstance(v, bool) or not isinstance(v, (int, float))
+           or not math.isfinite(v)}  # fmt: skip
+    if bad:
+        raise VerifierError(f"reward.json: {sorted(bad)[:3]} are not finite numbers")
+    return {str(k): float(v) for k, v in obj.items()}
+
+
+_SUMMARY = re.compile(r"^=+ short test summary info =+\s*$", re.M)
+_STATUS = re.compile(r"^(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b")
+
+
+def parse_pytest(output: str) -> float:
+    """Terminal-Bench 1's pytest parser: 1 when every test listed in the last "short test
+    summary info" (pytest -rA) is PASSED, SKIPPED or XFAIL; no summary is a parse error."""
+    found = list(_SUMMARY.finditer(output))
+    if not found:
+        raise VerifierError("the tests printed no pytest 'short test summary info' (run pytest with -rA)")
+    statuses = []
+    for line in output[found[-1].end():].splitlines():
+        if line.startswith("="):
+            break
+        m = _STATUS.match(line)
+        if m:
+            statuses.append(m.group(1))
+    if not statuses:
+        raise VerifierError("pytest's short test summary lists no test")
+    return 1.0 if all(s in PYTEST_OK for s in statuses) else 0.0
+
+
+def run_tests(task: Task, box, *, reward_key: str = "reward") -> dict[str, float]:
+    """Lay the verifier's ground, copy the tests in, run them as the verifier, read the
+    reward. Returns the named rewards (``reward_key`` → the training reward). Raises
+    ``VerifierError`` (or ``SandboxError``) when no valid reward comes out."""
+    box.prepare_verifier(stop_agent=box.agent_uid is None)
+    box.put_files(task.tests, mode=0o755)
+    env = {"TEST_DIR": "/tests", **task.verifier_env}
+    if box.agent_uid is not None:
+        env["ECHO_RL_AGENT_UID"] = str(box.agent_uid)  # checks that run the agent's code run it as the agent
+    command = task.test_command.strip()
+    if command:  # (the maze's verifier has no command: its reward is the goal)
+        command = f"{command} > {TEST_STDOUT} 2>&1"
+    result = box.exec(command, timeout_s=task.verifier_timeout_s, verifier=True, env=env)
+    if result.timed_out:
+        raise VerifierError(f"verifier timed out after {task.verifier_timeout_s:g} s")
+    if task.reward_from == "exit_code":
+        return {reward_key: 1.0 if result.exit_code == 0 else 0.0}
+    if task.reward_from == "pytest":
+        out = box.read_file(TEST_STDOUT, max_bytes=MAX_STDOUT_BYTES)
+        if out is None:
+            raise VerifierError(f"the verifier's output {TEST_STDOUT} is missing, not a file or over 8 MiB")
+        return {reward_key: parse_pytest(out.decode("utf-8", errors="replace"))}
+    raw = box.read_file(REWARD_JSON, max_bytes=MAX_REWARD_BYTES)
+    if raw is not None:
+        rewards = parse_reward_json(raw)
+        if reward_key not in rewards:
+            rewards[reward_key] = sum(rewards.values()) / len(rewards)
+        return rewards
+    raw = box.read_file(REWARD_TXT, max_bytes=MAX_REWARD_BYTES)
+    if raw is None:
+        tail = (box.read_file(TEST_STDOUT, max_bytes=MAX_STDOUT_BYTES) or b"")[-500:]
+        raise VerifierError(f"verifier wrote no {REWARD_JSON} or {REWARD_TXT} (a regular file ≤ 64 KiB; "
+                            f"exit {result.exit_code}): {tail.decode(errors='replace')}")  # fmt: skip
+    return {reward_key: parse_reward_txt(raw)}
+
+
+def verify(task: Task, box, backend: SandboxBackend, cfg: SandboxConfig, *, episode: str = "") -> Verdict:
+    """The reward of an episode whose agent phase ended in ``box`` (see the module doc)."""
+    t0 = time.perf_counter()
+    key = cfg.reward_key
+    try:
+        if cfg.verifier_isolation == "fresh":
+            with backend.start(task_dir=task.task_dir, task=task, episode=f"{episode}-verify") as clean:
+                box.copy_workdir_to(clean)
+                rewards = run_tests(task, clean, reward_key=key)
+        else:
+            rewards = run_tests(task, box, reward_key=key)
+        return Verdict(rewards[key], rewards, seconds=time.perf_counter() - t0)
+    except (VerifierError, SandboxError) as e:
+        first = f"{type(e).__name__}: {e}"
+    try:  # is it the agent's doing? The same verifier where no agent acted.
+        with backend.start(task_dir=task.task_dir, task=task, episode=f"{episode}-blame") as clean:
+            run_tests(task, clean, reward_key=key)
+    except (VerifierError, SandboxError) as e:
+        raise VerifierError(f"{task.task_id}: {first}; on a fresh sandbox too: {type(e).__name__}: {e}") from e
+    return Verdict(0.0, {}, failure="agent", detail=first[:2000], seconds=time.perf_counter() - t0)
+
+
+def run_verifier(task: Task, box, *, reward_key: str = "reward") -> float:
+    """The training reward of ``run_tests`` (no blame check: failures raise)."""
+    return run_tests(task, box, reward_key=reward_key)[reward_key]
