@@ -8,6 +8,8 @@
     echo-rl sandbox exec [--task DIR] [--timeout S] -- CMD # the observation the agent would see
     echo-rl sandbox shell [--task DIR]                   # an interactive shell in a task's sandbox
     echo-rl tasks generate --families all --n 4 --out DIR  # built-in task families → Harbor dirs
+    echo-rl tasks check DIR... [--backend docker] [--jobs N] [--json OUT]  # oracle: no-op 0, solution 1
+    echo-rl tasks audit DIR... [--backend docker] [--jobs N] [--json OUT]  # generic reward attacks
     echo-rl microcosm rl [--config configs/microcosm/smoke.yaml]  # the maze microcosm (pipeline/microcosm.py)
 """
 
@@ -58,7 +60,18 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--n", type=int, default=1, help="instances per family")
     gen.add_argument("--out", required=True)
     gen.add_argument("--seed", type=int, default=0)
+    for name, what in (("check", "the oracle run: no-op → 0, reference solution → 1, per task"),
+                       ("audit", "generic reward attacks against each task; fails if one scores above the no-op")):
+        tp = tasks_sub.add_parser(name, help=what)
+        tp.add_argument("dirs", nargs="+")
+        tp.add_argument("--backend")
+        tp.add_argument("--jobs", type=int, default=1)
+        tp.add_argument("--json")
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] in (["tasks", "check"], ["tasks", "audit"]):
+        from pipeline.tasks.check import main as check_main
+
+        return check_main(argv[1:])
     if argv[:1] == ["tasks"]:
         from pipeline.tasks.generator import FAMILIES, generate
 

@@ -5,7 +5,8 @@
 # names the directory). bwrap uses it as /; the docker backend imports it as an image.
 set -euo pipefail
 SUITE=bookworm
-PACKAGES=python3,git,procps,jq,xz-utils,bzip2,zip,unzip,bc,file,less,sqlite3,ca-certificates
+# python3-pytest, python3-pip: the offline stand-in for the test tools verifiers install at run time
+PACKAGES=python3,python3-pytest,python3-pip,git,procps,jq,xz-utils,bzip2,zip,unzip,bc,file,less,sqlite3,ca-certificates
 MIRROR=${ECHO_RL_DEBIAN_MIRROR:-$( (grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null || true; \
         grep -h '^deb ' /etc/apt/sources.list 2>/dev/null | awk '{print "URIs: "$2}' || true) \
         | awk '/debian\/?$/{print $2; exit}')}

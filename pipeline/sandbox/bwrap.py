@@ -38,7 +38,7 @@ from pipeline.sandbox.base import VERIFIER_PATH, ExecResult, Sandbox, SandboxBac
 CGROUP_V1 = Path("/sys/fs/cgroup")
 PREFIX = "echo-rl-"
 _counter = itertools.count()
-WRITABLE = ("/app", "/logs", "/tests")
+WRITABLE = ("/app", "/logs", "/tests", "/solution")  # host dirs of the episode (/solution: read-only inside)
 
 
 def default_rootfs() -> Path:
@@ -142,7 +142,7 @@ class BwrapSandbox(Sandbox):
             "bwrap", *unshare, "--die-with-parent", "--new-session", "--cap-drop", "ALL", *caps,
             "--ro-bind", str(self.rootfs), "/",
             "--bind", str(d / "app"), "/app", "--bind", str(d / "logs"), "/logs",
-            "--bind", str(d / "tests"), "/tests",
+            "--bind", str(d / "tests"), "/tests", "--ro-bind", str(d / "solution"), "/solution",
             "--proc", "/proc", *cover, "--dev", "/dev", "--size", str(256 << 20), "--tmpfs", "/tmp",
             "--hostname", "sandbox", "--chdir", self.cfg.workdir, "--clearenv",
             "--setenv", "PATH", VERIFIER_PATH,
@@ -349,7 +349,7 @@ class BwrapBackend(SandboxBackend):
             check_dockerfile_supported(task_dir / "environment" / "Dockerfile")
         name = f"{PREFIX}{os.getpid()}-{next(_counter)}"
         d = self.root / name
-        for sub in ("app", "logs/verifier", "logs/agent", "tests"):
+        for sub in ("app", "logs/verifier", "logs/agent", "tests", "solution"):
             (d / sub).mkdir(parents=True, exist_ok=True)
         for p in (d, d / "logs", d / "logs/verifier", d / "tests"):
             p.chmod(0o755)

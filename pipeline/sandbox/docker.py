@@ -264,7 +264,8 @@ class DockerBackend(SandboxBackend):
                 continue
             local = self.resolve_image(name, task_id, f"FROM in {dockerfile.name}")
             if local != name:  # the Dockerfile names the public tag: give it that name here
-                self.client.images.get(local).tag(name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest")
+                repo, _, tag = name.rpartition(":") if ":" in name.rsplit("/", 1)[-1] else (name, "", "latest")
+                self.client.images.get(local).tag(repo, tag)
         rel = str(dockerfile.relative_to(context)) if dockerfile.is_relative_to(context) else str(dockerfile)
         tag = f"echo-rl-task:{_context_digest(context, rel + repr(sorted(self.cfg.image_map.items())))}"
         try:
