@@ -35,3 +35,8 @@ def _sandbox_user_can_reach_tmp(request):
     dirs under pytest's tmp dirs (created 0700): let others traverse (not list) them."""
     if "tmp_path" in request.fixturenames:
         _traversable(request.getfixturevalue("tmp_path"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _sandbox_user_can_reach_basetemp(tmp_path_factory):
+    _traversable(tmp_path_factory.getbasetemp())

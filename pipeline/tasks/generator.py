@@ -194,7 +194,7 @@ def write_task(g: Generated, out: Path, task_id: str, family: str) -> Path:
     (d / "instruction.md").write_text(g.instruction + "\n")
     (d / "task.toml").write_text(
         f'[metadata]\nid = "{task_id}"\nfamily = "{family}"\n\n[agent]\ntimeout_sec = 300\n\n'
-        '[verifier]\ntimeout_sec = 60\n\n[environment]\nmemory_mb = 512\n'
+        '[verifier]\ntimeout_sec = 60\n\n[environment]\nmemory_mb = 512\nallow_internet = false\n'
     )
     for rel, data in g.files.items():
         p = d / "environment" / "app" / rel
