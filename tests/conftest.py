@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+# task fixtures hold other projects' tests (Terminal-Bench pytest files): data, not this suite
+collect_ignore_glob = ["fixtures/*"]
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

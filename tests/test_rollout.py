@@ -167,14 +167,19 @@ def test_terminal_text_cannot_forge_special_tokens(backend, task):
     assert tok.convert_tokens_to_ids("<tool_call>") not in out
 
 
-def test_dead_sandbox_is_an_infra_error_not_reward_zero(backend, task):
+def test_broken_verifier_is_an_infra_error_but_one_the_agent_broke_is_zero(backend, task):
     tok = load_tokenizer(TOK_DIR)
     chat = ChatFormat(tok)
-    # the agent kills every process it can see, then the verifier has no reward file to read
-    engine = ScriptedEngine(tok, [call("rm -rf /logs/verifier /tests; chmod 000 /logs"), FINISH] * 2, chat.stop_token_id)
+    # the agent wrecks the verifier's ground: relaid by the harness, so the verifier runs (reward 0)
+    engine = ScriptedEngine(tok, [call("rm -rf /logs/verifier /tests; chmod 000 /logs"), FINISH], chat.stop_token_id)
+    traj = run_episode(task, "g0", engine, backend, chat, RolloutConfig(infra_retries=1), backend.cfg)
+    assert not traj.infra_error and traj.reward == 0.0 and traj.metadata["attempts"] == 1
+    # a task whose verifier writes no reward even on a fresh sandbox: infrastructure, retried
+    task.tests = {"/tests/test.sh": b"#!/bin/bash\nexit 3\n"}
+    engine = ScriptedEngine(tok, [call("ls"), FINISH] * 2, chat.stop_token_id)
     traj = run_episode(task, "g0", engine, backend, chat, RolloutConfig(infra_retries=1), backend.cfg)
     assert traj.infra_error and traj.metadata["attempts"] == 2
-    assert "VerifierError" in traj.metadata["infra_error"]
+    assert "VerifierError" in traj.metadata["infra_error"] and "fresh sandbox too" in traj.metadata["infra_error"]
 
 
 @pytest.mark.parametrize("text,name,error", [

@@ -211,7 +211,7 @@ def write_task(g: Generated, out: Path, task_id: str, family: str) -> Path:
     return d
 
 
-def generate(families: list[str], n: int, out: str | Path, seed: int = 0) -> list[Path]:
+def generate(families: list[str], n: int, out: str | Path, seed: int | str = 0) -> list[Path]:
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:
         raise ValueError(f"unknown task families {unknown}; known: {sorted(FAMILIES)}")

@@ -4,8 +4,13 @@ Where it sits: **TaskSampler.for_step(k)** → rollout; **eval_tasks()** → eva
 
 ``generated``: fresh instances of the built-in families every step (seeded by run seed
 and step, so a resumed run sees the same data order), written as Harbor task dirs under
-the run's ``tasks/``. A directory: a Harbor / Terminal-Bench task set, sampled per step
-with the same seeding. The evaluation set is disjoint: other seeds, or its own dir.
+the run's ``tasks/``. Directories (``train_dirs`` / ``eval_dirs``, or the single ``train``
+/ ``eval``): Harbor / Terminal-Bench task sets (a dataset dir, nested one level as Harbor
+registry downloads are), sampled per step with the same seeding.
+
+Held out means held out: a generated instance's seed names its split (``train.S.K.I`` vs
+``eval.S``), so no seed, step or count can make a training instance an evaluation one;
+a task id found in both the training and evaluation directories is an error at start.
 """
 
 from __future__ import annotations
@@ -14,11 +19,10 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.tasks.base import Task
+from pipeline.tasks.base import Task, TaskFormatError
 from pipeline.tasks.formats import load_task, load_task_set
 from pipeline.tasks.generator import FAMILIES, generate
 
-EVAL_SEED_OFFSET = 1_000_000  # generated eval instances never share a seed with training ones
 
 
 @dataclass
@@ -27,6 +31,8 @@ class TaskSetConfig:
     families: list[str] = field(default_factory=list)  # generated: families to use ([] = all)
     eval: str = "generated"  # held-out set: "generated" (other seeds) or a directory
     eval_per_family: int = 2  # generated eval: instances per family
+    train_dirs: list[str] = field(default_factory=list)  # task sets to train on (overrides train)
+    eval_dirs: list[str] = field(default_factory=list)  # held-out task sets (overrides eval)
 
     def check(self) -> list[tuple[str, str]]:
         errs = []
@@ -37,6 +43,10 @@ class TaskSetConfig:
             v = getattr(self, name)
             if v != "generated" and not Path(v).is_dir():
                 errs.append((name, f"must be 'generated' or a task directory, got {v!r}"))
+        for name in ("train_dirs", "eval_dirs"):
+            missing = [d for d in getattr(self, name) if not Path(d).is_dir()]
+            if missing:
+                errs.append((name, f"not directories: {missing}"))
         if self.eval_per_family < 1:
             errs.append(("eval_per_family", f"must be ≥ 1, got {self.eval_per_family}"))
         return errs
@@ -46,7 +56,15 @@ class TaskSampler:
     def __init__(self, cfg: TaskSetConfig, work_dir: str | Path, seed: int):
         self.cfg, self.work_dir, self.seed = cfg, Path(work_dir), seed
         self.families = sorted(cfg.families or FAMILIES)
-        self._pool = load_task_set(cfg.train) if cfg.train != "generated" else None
+        train = cfg.train_dirs or ([] if cfg.train == "generated" else [cfg.train])
+        self._eval_dirs = cfg.eval_dirs or ([] if cfg.eval == "generated" else [cfg.eval])
+        self._pool = [t for d in train for t in load_task_set(d)] if train else None
+        if self._pool is not None and self._eval_dirs:
+            held_out = {t.task_id for d in self._eval_dirs for t in load_task_set(d)}
+            both = sorted({t.task_id for t in self._pool} & held_out)
+            if both:
+                raise TaskFormatError(f"task ids in both the training and the evaluation sets: {both[:5]}"
+                                      f"{' ...' if len(both) > 5 else ''} (held-out tasks must never be trained on)")  # fmt: skip
 
     def for_step(self, step: int, n: int) -> list[Task]:
         """``n`` tasks for training step ``step`` (deterministic in seed and step)."""
@@ -57,13 +75,13 @@ class TaskSampler:
         tasks = []
         for i in range(n):
             family = rng.choice(self.families)
-            d = generate([family], 1, out / f"{i}", seed=self.seed * 100_000 + step * 100 + i)[0]
+            d = generate([family], 1, out / f"{i}", seed=f"train.{self.seed}.{step}.{i}")[0]
             tasks.append(load_task(d))
         return tasks
 
     def eval_tasks(self) -> list[Task]:
-        if self.cfg.eval != "generated":
-            return load_task_set(self.cfg.eval)
+        if self._eval_dirs:
+            return [t for d in self._eval_dirs for t in load_task_set(d)]
         out = self.work_dir / "eval"
-        dirs = generate(self.families, self.cfg.eval_per_family, out, seed=EVAL_SEED_OFFSET + self.seed)
+        dirs = generate(self.families, self.cfg.eval_per_family, out, seed=f"eval.{self.seed}")
         return [load_task(d) for d in dirs]
