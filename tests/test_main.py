@@ -103,3 +103,31 @@ def test_nan_loss_stops_with_a_message_or_is_skipped_and_counted(tmp_path, task_
     rc, out = run("train", "configs/tiny.yaml", f"run.output_dir={tmp_path / 'skip'}", "learner.on_nonfinite=skip", *base)
     assert rc == 0, out[-4000:]
     assert [v for _, v in metric(tmp_path / "skip", "skipped_nonfinite")] == [1.0, 1.0]
+
+
+@pytest.mark.slow
+def test_trains_on_a_directory_task_set_on_docker(tmp_path, task_rootfs):
+    """Two steps of the tiny recipe on real task dirs (Harbor and Terminal-Bench 1 fixtures,
+    Podman), held-out tasks from their own directory; the overlap check runs at start."""
+    import shutil
+
+    from pipeline.sandbox import SandboxConfig, SandboxError
+    from pipeline.sandbox.docker import DockerBackend
+    from pipeline.tasks.generator import generate
+
+    try:
+        DockerBackend(SandboxConfig(backend="docker"))
+    except SandboxError as e:
+        pytest.skip(f"docker backend unavailable: {e}")
+    train = tmp_path / "train"
+    for name in ("harbor-reward-json", "tb1-compose", "harbor-service"):
+        shutil.copytree(ROOT / "tests/fixtures/tasks" / name, train / name)
+    generate(["files_mkdir"], 1, tmp_path / "heldout", seed=3)
+    rd = tmp_path / "run"
+    rc, out = run("train", "configs/tiny.yaml", f"run.output_dir={rd}", "run.steps=2", "eval.every=2", "model.load=''",
+                  "model.warmstart_steps=0", "eval.probe=false", "sandbox.backend=docker", f"tasks.train_dirs=[{train}]",
+                  f"tasks.eval_dirs=[{tmp_path / 'heldout'}]", *SMALL[:4], "eval.samples=1", "eval.k=[1]")  # fmt: skip
+    assert rc == 0, out[-6000:]
+    assert "step 2/2" in out
+    assert [s for s, _ in metric(rd, "rollout/verifier_agent_failures")] == [0, 1]
+    assert all(v == 0 for _, v in metric(rd, "rollout/infra_errors")), out[-3000:]

@@ -294,6 +294,9 @@ class BwrapSandbox(Sandbox):
             raise SandboxError("copy_workdir_to: both sandboxes must be bwrap ones")
         _remove(other.dir / "app")
         shutil.copytree(self.dir / "app", other.dir / "app", symlinks=True)  # links copied as links
+        if other.run_as is not None:  # still the agent's: checks that run as the agent read it as before
+            for p in [other.dir / "app", *(other.dir / "app").rglob("*")]:
+                os.chown(p, other.run_as, other.run_as, follow_symlinks=False)
 
     def close(self) -> None:
         if self.closed:

@@ -210,6 +210,8 @@ class DockerSandbox(Sandbox):
             other.container.put_archive(str(Path(wd).parent), data)
         except Exception as e:
             raise SandboxError(f"copying the work tree failed: {e}") from e
+        if other.agent_uid is not None:  # the engine extracts as root: give the tree back to the agent
+            other._root(f"chown -R -h {other.agent_uid}:{other.agent_uid} {shlex.quote(wd)}")
 
     def close(self) -> None:
         if not self.closed:
