@@ -54,8 +54,9 @@ python3 -c 'import pytest' 2>/dev/null || { echo "verifier needs the network: py
 uv() { if [ "$1" = add ] || [ "$1" = pip ]; then echo "echo-rl: offline, skipping: uv $*"; else command uv "$@"; fi; }
 """
 TB_RUN_UV_PYTEST = b"""#!/bin/bash
-# echo-rl stand-in for Terminal-Bench's run-uv-pytest.sh
-python3 -m pytest "$TEST_DIR/test_outputs.py" -rA
+# echo-rl stand-in for Terminal-Bench's run-uv-pytest.sh (-P: the work dir, the agent's,
+# is not put first on sys.path, so a planted /app/pytest.py is not what runs)
+python3 -P -m pytest --confcutdir="$TEST_DIR" "$TEST_DIR/test_outputs.py" -rA
 """
 
 
