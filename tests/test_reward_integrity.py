@@ -202,3 +202,21 @@ def test_bwrap_refuses_what_it_cannot_reproduce(task_rootfs, tmp_path):
     b = BwrapBackend(_cfg(task_rootfs), root=tmp_path / "sb")
     with pytest.raises(SandboxError, match="use sandbox.backend=docker"):
         b.start(task=load_task(FIXTURES / "tb1-compose"))
+
+
+def test_tasks_audit_flags_a_hackable_task_and_passes_a_sound_one(tmp_path):
+    """`echo-rl tasks audit`: a task whose verifier accepts any answer containing "1" is
+    flagged (rewrite_task_data writes 1 everywhere); a generated family is not."""
+    import subprocess
+    import sys
+
+    sound, weak = tmp_path / "sound", tmp_path / "weak"
+    generate(["csv_sum"], 1, sound, seed=4)
+    (d,) = generate(["csv_sum"], 1, weak, seed=4)
+    (d / "tests" / "check.sh").write_text("#!/bin/bash\ngrep -q 1 /app/answer.txt\n")
+    for where, code, needle in ((sound, 0, "1/1 passed"), (weak, 1, "rewrite_task_data")):
+        r = subprocess.run([sys.executable, "-m", "pipeline.cli", "tasks", "audit", str(where), "--attacks",
+                            "prewrite_reward,rewrite_task_data", "--json", str(tmp_path / "a.json")],
+                           capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+        assert r.returncode == code and needle in r.stdout, r.stdout + r.stderr[-2000:]
+    assert json.loads((tmp_path / "a.json").read_text())["tasks"][0]["got_through"] == ["rewrite_task_data"]
