@@ -81,7 +81,7 @@ def targets(tmp_path_factory):
     out = tmp_path_factory.mktemp("targets")
     out.chmod(0o755)
     tasks = [load_task(d) for d in generate(["text_replace", "python_fix", "shell_script"], 1, out, seed=5)]
-    return tasks + [load_task(FIXTURES / "tb1-hello-world"), load_task(FIXTURES / "harbor-reward-json")]
+    return tasks + [load_task(FIXTURES / n) for n in ("tb1-hello-world", "harbor-reward-json", "harbor-service")]
 
 
 IMAGE_MAP = {"ghcr.io/laude-institute/t-bench/ubuntu-24-04:latest": "ubuntu:24.04"}

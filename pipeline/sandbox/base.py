@@ -57,6 +57,7 @@ class ExecResult:
     duration_s: float = 0.0
     timeout_s: float = 0.0  # the limit this command ran under
     done: bool = False  # the environment ended the episode (e.g. a maze's goal reached)
+    killed: bool = False  # the command's own shell was killed (e.g. by the command's `kill -9 -1`)
 
     def notices(self, cfg: SandboxConfig) -> list[str]:
         """Harness-written text the agent sees after the output (WARNING tokens)."""
@@ -64,7 +65,9 @@ class ExecResult:
         if self.truncated:
             out.append(f"WARNING: output truncated, showing the first {cfg.output_bytes} bytes of "
                        f"{'more than ' if self.exit_code is None else ''}{self.output_total_bytes}")  # fmt: skip
-        if self.timed_out:
+        if self.killed:
+            out.append("WARNING: the command's shell was killed before it finished")
+        elif self.timed_out:
             out.append(f"WARNING: command timed out after {self.timeout_s:g} s and was killed")
         elif self.exit_code is None:
             out.append("WARNING: command stopped, it produced too much output")

@@ -137,7 +137,7 @@ class BwrapSandbox(Sandbox):
         home = "/tmp" if verifier else "/app"  # the verifier's HOME: this spawn's fresh tmpfs
         setenv = [a for k, v in (env or {}).items() for a in ("--setenv", k, v)]
         if verifier:
-            setenv += ["--setenv", "PYTHONNOUSERSITE", "1"]
+            setenv += ["--setenv", "PYTHONNOUSERSITE", "1", "--setenv", "PYTHONSAFEPATH", "1"]
         return [
             "bwrap", *unshare, "--die-with-parent", "--new-session", "--cap-drop", "ALL", *caps,
             "--ro-bind", str(self.rootfs), "/",

@@ -100,7 +100,8 @@ class DockerSandbox(Sandbox):
         those that change what programs load, system dirs first on PATH, a fresh HOME."""
         base = {k: v for k, v in self.env.items() if k not in UNSAFE_ENV}
         extra = [p for p in base.get("PATH", "").split(":") if p and p not in VERIFIER_PATH.split(":")]
-        base.update(PATH=":".join([VERIFIER_PATH, *extra]), PYTHONNOUSERSITE="1", USER="root", **(env or {}))
+        base.update(PATH=":".join([VERIFIER_PATH, *extra]), PYTHONNOUSERSITE="1", PYTHONSAFEPATH="1", USER="root",
+                    **(env or {}))  # fmt: skip
         base.pop("HOME", None)
         items = " ".join(shlex.quote(f"{k}={v}") for k, v in base.items() if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k))
         return f'h=$(mktemp -d /tmp/.echo-rl-verifier.XXXXXX) && env -i HOME="$h" {items} '
@@ -128,6 +129,9 @@ class DockerSandbox(Sandbox):
             home = {"HOME": AGENT_HOME, "USER": AGENT_NAME} if self.agent_uid is not None else {}
             raw = self._run(self._script(command, timeout, OUT), user, {**home, **(env or {})})
         body, sep, trailer = raw.rpartition(b"\n" + TRAILER.encode() + b" ")
+        if not sep and not verifier and self.alive():  # the agent killed its own command's shell
+            return ExecResult(output=raw[: cfg.output_bytes].decode("utf-8", errors="replace"), exit_code=None,
+                              killed=True, duration_s=time.monotonic() - start, timeout_s=timeout)  # fmt: skip
         if not sep:
             raise SandboxError(f"docker exec returned no trailer (container gone or shell broken?): {raw[-300:]!r}")
         fields = trailer.split()  # "RC SIZE"; SIZE is missing if the command deleted stat(1)

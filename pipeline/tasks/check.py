@@ -37,7 +37,12 @@ def _episode(task: Task, backend: SandboxBackend, cfg: SandboxConfig, command: s
             if oracle:
                 box.put_files(task.solution_files, mode=0o755)
                 command = f"{command} > /logs/agent/oracle.txt 2>&1"
-            box.exec(command, timeout_s=task.agent_timeout_s if oracle else cfg.timeout_s, env=env)
+            try:
+                box.exec(command, timeout_s=task.agent_timeout_s if oracle else cfg.timeout_s, env=env)
+            except SandboxError:
+                if not box.alive():  # as in the agent loop: a live sandbox that cannot run commands
+                    raise  # is the agent's doing, and goes to the verifier
+
         return verify(task, box, backend, cfg, episode="check")
 
 

@@ -10,7 +10,8 @@ own harnesses guarantee none of it; their run semantics are kept otherwise):
 - ``/tests`` and ``/logs/verifier`` are removed as the agent left them and laid anew,
   owned by root (``Sandbox.prepare_verifier``); the tests are copied in only then.
 - The verifier runs as root with a clean process environment: system directories first
-  on ``PATH``, ``PYTHONNOUSERSITE=1``, a fresh ``HOME``, none of ``UNSAFE_ENV``,
+  on ``PATH``, ``PYTHONNOUSERSITE=1``, ``PYTHONSAFEPATH=1`` (``python -c``/``-m`` in the agent's
+  work dir do not import what it planted there), a fresh ``HOME``, none of ``UNSAFE_ENV``,
   ``TEST_DIR=/tests``, the task's ``[verifier] env``. Where the agent ran as another user
   (``Sandbox.agent_uid``) its processes may live on (Harbor tasks check services the agent
   started) — they cannot write the verifier's ground; where it ran as root they are killed.
