@@ -69,6 +69,9 @@ def check_task(path: Path, backend: SandboxBackend, cfg: SandboxConfig) -> dict:
             row["cause"] = f"doing nothing scores {noop.reward:g}"
         elif oracle.reward != 1:
             row["cause"] = f"the reference solution scores {oracle.reward:g}"
+            if cfg.backend == "bwrap" and ("nohup" in task.solution or "&\n" in task.solution or task.solution.rstrip().endswith("&")):
+                row["cause"] += (" (it starts a background process: bwrap kills what a command leaves running; "
+                                 "tasks that check a service the agent started need sandbox.backend=docker)")
         else:
             row["status"] = "pass"
     except (TaskFormatError, SandboxError, VerifierError, OSError) as e:
