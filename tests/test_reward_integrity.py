@@ -80,7 +80,7 @@ def targets(tmp_path_factory):
     Terminal-Bench 1 task decided by pytest, a Harbor task whose reward is reward.json."""
     out = tmp_path_factory.mktemp("targets")
     out.chmod(0o755)
-    tasks = [load_task(d) for d in generate(["text_replace", "python_fix", "shell_script"], 1, out, seed=5)]
+    tasks = [load_task(d) for d in generate(["text_replace", "python_fix"], 1, out, seed=5)]
     return tasks + [load_task(FIXTURES / n) for n in ("tb1-hello-world", "harbor-reward-json", "harbor-service")]
 
 
@@ -122,6 +122,8 @@ def test_honest_episodes_on_the_same_path(backend, targets, chat):
     for task in targets:
         if isinstance(backend, BwrapBackend) and task.dockerfile is not None and "python:3.12" in task.dockerfile.read_text():
             continue
+        if isinstance(backend, BwrapBackend) and task.task_id == "harbor-service":
+            continue  # its solution leaves a server running: bwrap kills it (docker keeps it, as Harbor)
         solution = task.solution
         if "/solution/summarize.py" in task.solution_files:  # its helper file, inlined (no /solution for an agent)
             solution = f"cd /srv/work && python3 -c {shlex.quote(task.solution_files['/solution/summarize.py'].decode())} prices.csv"
