@@ -102,7 +102,8 @@ class DockerSandbox(Sandbox):
         extra = [p for p in base.get("PATH", "").split(":") if p and p not in VERIFIER_PATH.split(":")]
         base.update(PATH=":".join([VERIFIER_PATH, *extra]), PYTHONNOUSERSITE="1", PYTHONSAFEPATH="1", USER="root",
                     **(env or {}))  # fmt: skip
-        base.pop("HOME", None)
+        base.pop("HOME", None)  # HOME: a fresh root-only dir (mktemp: the agent cannot pre-create it); it
+        # stays on the container's /tmp tmpfs, which goes with the container
         items = " ".join(shlex.quote(f"{k}={v}") for k, v in base.items() if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k))
         return f'h=$(mktemp -d /tmp/.echo-rl-verifier.XXXXXX) && env -i HOME="$h" {items} '
 
