@@ -30,6 +30,8 @@ class SandboxConfig:
     verifier_isolation: str = "same"  # same: verify in the agent's sandbox (Harbor) | fresh: a new one with only the work tree
     reward_key: str = "reward"  # reward.json: the key trained on (no such key: the mean of its values)
     image_map: dict = field(default_factory=dict)  # public image name → local one (air-gapped clusters, this machine)
+    agent_network: str = "none"  # the agent phase's network: none | task (what the task declares: allow_internet / network_mode)
+    verifier_network: str = "task"  # the verifier phase's: none | task (TB2's test.sh installs its tools from the internet)
 
     def check(self) -> list[tuple[str, str]]:
         errs = []
@@ -39,6 +41,9 @@ class SandboxConfig:
             errs.append(("agent_user", f"must be unprivileged, root or task, got {self.agent_user!r}"))
         if self.verifier_isolation not in ("same", "fresh"):
             errs.append(("verifier_isolation", f"must be same or fresh, got {self.verifier_isolation!r}"))
+        for n in ("agent_network", "verifier_network"):
+            if getattr(self, n) not in ("none", "task"):
+                errs.append((n, f"must be none or task, got {getattr(self, n)!r}"))
         for n in ("memory_mb", "pids", "output_bytes", "drain_bytes"):
             if getattr(self, n) < 1:
                 errs.append((n, f"must be ≥ 1, got {getattr(self, n)}"))
@@ -116,6 +121,25 @@ UNSAFE_ENV = ("PYTHONPATH", "PYTHONSTARTUP", "PYTHONUSERBASE", "PYTHONHOME", "LD
               "GIT_CONFIG_GLOBAL", "PYTEST_ADDOPTS", "PROMPT_COMMAND")  # fmt: skip
 # The verifier's ground: laid anew by the harness right before the verifier runs.
 VERIFIER_DIRS = ("/tests", "/logs/verifier")
+
+
+def phase_networks(cfg: SandboxConfig, task) -> tuple[str, str]:
+    """The network of the agent phase and of the verifier phase: "none" or "public".
+
+    ``task`` in the config means what the task declares (Harbor ``allow_internet`` /
+    ``network_mode``; Terminal-Bench 1 tasks run with the network, as its harness runs
+    them). An ``allowlist`` task needs an egress proxy that no backend here has: refused,
+    naming the key that asked for it."""
+    declared = getattr(task, "network", "none") if task is not None else "none"
+    out = []
+    for phase, key in (("agent", "agent_network"), ("verifier", "verifier_network")):
+        net = declared if getattr(cfg, key) == "task" else "none"
+        if net == "allowlist":
+            raise SandboxError(f"task {task.task_id}: its {phase} phase would have an allowlisted network "
+                               f"({', '.join(task.allowed_hosts) or 'no hosts'}), which needs an egress proxy "
+                               f"no backend here has; set sandbox.{key}=none to run it offline")  # fmt: skip
+        out.append("public" if net == "public" else "none")
+    return out[0], out[1]
 
 
 class Sandbox(abc.ABC):

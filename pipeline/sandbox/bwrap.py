@@ -34,7 +34,8 @@ import time
 from pathlib import Path
 
 from pipeline.sandbox.cgroup import _Cgroup
-from pipeline.sandbox.base import VERIFIER_PATH, ExecResult, Sandbox, SandboxBackend, SandboxConfig, SandboxError
+from pipeline.sandbox.base import (VERIFIER_PATH, ExecResult, Sandbox, SandboxBackend, SandboxConfig, SandboxError,
+                                   phase_networks)  # fmt: skip
 
 PREFIX = "echo-rl-"
 _counter = itertools.count()
@@ -285,7 +286,7 @@ class BwrapBackend(SandboxBackend):
         if task is not None and task_dir is None:
             task_dir = task.task_dir
         if task is not None:
-            check_task_supported(task)
+            check_task_supported(task, self.cfg)
         elif task_dir is not None:
             check_dockerfile_supported(task_dir / "environment" / "Dockerfile")
         name = f"{PREFIX}{os.getpid()}-{next(_counter)}"
@@ -331,15 +332,21 @@ def _remove(p: Path) -> None:
         shutil.rmtree(p)
 
 
-def check_task_supported(task) -> None:
+def check_task_supported(task, cfg=None) -> None:
     """What bwrap cannot reproduce of a task: refused at start with the reason."""
     why = ""
+    nets = phase_networks(cfg, task) if cfg is not None else ("none", "none")
     if task.image:
         why = f"it runs on the prebuilt image {task.image!r}"
-    elif task.extra.get("compose.other_services"):
-        why = f"its docker-compose file runs other services ({task.extra['compose.other_services']})"
+    elif task.services:
+        why = f"its docker-compose file runs other services ({', '.join(task.services)})"
+    elif "public" in nets:
+        phase, key = ("agent", "agent_network") if nets[0] == "public" else ("verifier", "verifier_network")
+        why = (f"its {phase} phase has the network (sandbox.{key}=task and the task allows the internet) and "
+               f"bwrap sandboxes have none; set sandbox.{key}=none to run it offline")
     if why:
-        raise SandboxError(f"task {task.task_id}: bwrap cannot run it: {why}; use sandbox.backend=docker")
+        raise SandboxError(f"task {task.task_id}: bwrap cannot run it: {why}{' or' if 'offline' in why else ';'} "
+                           "use sandbox.backend=docker")  # fmt: skip
     if task.dockerfile is not None:
         check_dockerfile_supported(task.dockerfile)
 

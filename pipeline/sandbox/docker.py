@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 from pipeline.sandbox.base import (UNSAFE_ENV, VERIFIER_PATH, ExecResult, Sandbox, SandboxBackend,
-                                   SandboxConfig, SandboxError)  # fmt: skip
+                                   SandboxConfig, SandboxError, phase_networks)  # fmt: skip
 
 OWNER, HOST = "echo-rl.owner", "echo-rl.host"
 # PID 1 of every episode container: immune to `kill -9 -1` (which stops a root agent's
@@ -56,6 +56,7 @@ KEEPER = (
 OUT, OUTV = "/run/echo-rl-out", "/run/echo-rl-vout"  # the agent's / the verifier's output tmpfs
 TRAILER = "ECHO-RL-EXEC-END"
 AGENT_UID, AGENT_NAME, AGENT_HOME = 10001, "echo-agent", "/home/echo-agent"
+PUBLIC_NET = "bridge"  # the engine's default network (Podman's "podman", by its Docker name)
 
 
 def _tar(files: dict[str, bytes], mode: int) -> bytes:
@@ -81,9 +82,23 @@ def _context_digest(context: Path, extra: str) -> str:
 
 
 class DockerSandbox(Sandbox):
-    def __init__(self, cfg: SandboxConfig, container, *, workdir: str, agent_uid: int | None, env: dict):
+    def __init__(self, cfg: SandboxConfig, container, *, workdir: str, agent_uid: int | None, env: dict,
+                 networks: tuple[str, str] = ("none", "none"), side: list | None = None, network=None):  # fmt: skip
         self.cfg, self.container, self.closed = cfg, container, False
         self.workdir, self.agent_uid, self.env = workdir, agent_uid, env
+        self.agent_net, self.verifier_net = networks  # "none" | "public", by phase
+        self.net_now = self.agent_net
+        self.side, self.network = side or [], network  # compose services beside it, their internal network
+
+    def _switch_network(self, want: str) -> None:
+        if want == self.net_now:
+            return
+        try:
+            net = self.container.client.networks.get(PUBLIC_NET)
+            net.connect(self.container) if want == "public" else net.disconnect(self.container, force=True)
+        except Exception as e:
+            raise SandboxError(f"switching the network to {want} failed: {e}") from e
+        self.net_now = want
 
     def _script(self, command: str, timeout: float, out: str, prefix: str = "") -> str:
         # Output goes to a file on a tmpfs sized cap + drain (a flood hits ENOSPC there, not
@@ -155,10 +170,17 @@ class DockerSandbox(Sandbox):
             raise SandboxError(f"sandbox setup failed: {raw[-300:]!r}")
 
     def prepare_verifier(self, *, stop_agent: bool) -> None:
-        kill = "for ((i = 0; i < 10000; i++)); do kill -9 -1 2>/dev/null || break; done; " if stop_agent else ""
-        self._root(kill + "rm -rf /tests && mkdir -p -m 755 /tests /logs/verifier && "
+        kill = "for ((i = 0; i < 10000; i++)); do kill -9 -1 2>/dev/null || break; done; "
+        if self.verifier_net == "public" and self.net_now == "none" and not stop_agent and self.agent_uid is not None:
+            # A process the agent left would get the network the agent was denied: stop
+            # them first (kill -1 as the agent's uid reaches only the agent's processes).
+            raw = self._run(f"{kill}printf '\\n{TRAILER} 0'", f"{self.agent_uid}:{self.agent_uid}", workdir="/")
+            if TRAILER.encode() not in raw:
+                raise SandboxError(f"stopping the agent's processes failed: {raw[-300:]!r}")
+        self._root((kill if stop_agent else "") + "rm -rf /tests && mkdir -p -m 755 /tests /logs/verifier && "
                    "find /logs/verifier -mindepth 1 -delete && chown 0:0 /tests /logs/verifier && "
                    "chmod 755 /tests /logs/verifier")  # fmt: skip
+        self._switch_network(self.verifier_net)
 
     def shell(self) -> int:
         """An interactive shell in the episode's container (through the docker/podman CLI)."""
@@ -221,10 +243,16 @@ class DockerSandbox(Sandbox):
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            try:
-                self.container.remove(force=True)
-            except Exception:
-                pass
+            for c in [self.container, *self.side]:
+                try:
+                    c.remove(force=True)
+                except Exception:
+                    pass
+            if self.network is not None:
+                try:
+                    self.network.remove()
+                except Exception:
+                    pass
 
 
 class DockerBackend(SandboxBackend):
@@ -290,9 +318,6 @@ class DockerBackend(SandboxBackend):
 
     def task_image(self, task_dir: Path, task=None) -> str:
         task_id = task.task_id if task is not None else task_dir.name
-        if task is not None and task.extra.get("compose.other_services"):
-            raise SandboxError(f"task {task_id}: its docker-compose file runs other services beside the agent's "
-                               f"({task.extra['compose.other_services']}): not supported yet")  # fmt: skip
         if task is not None and task.image:
             return self.resolve_image(task.image, task_id, "docker_image")
         dockerfile = task.dockerfile if task is not None else task_dir / "environment" / "Dockerfile"
@@ -311,24 +336,40 @@ class DockerBackend(SandboxBackend):
         memory = min(memory, cfg.memory_mb) if cfg.memory_mb else memory  # the sandbox's cap bounds the task's ask
         extra = {"nano_cpus": int(task.cpus * 1e9)} if task is not None and task.cpus else {}
         env = dict(task.env) if task is not None else {}
+        nets = phase_networks(cfg, task)
+        labels = {OWNER: str(os.getpid()), HOST: socket.gethostname(), "echo-rl.episode": episode}
+        side, network = [], None
+        if task is not None and task.services:  # compose services: on the episode's own network, no internet
+            network, side = self._start_services(task, labels)
+        if network is not None:
+            net_kw = {"network": network.name}
+        elif "public" in nets:  # starts on the public network; left before any agent command if the agent has none
+            net_kw = {"network": PUBLIC_NET}
+        else:
+            net_kw = {"network_mode": "none"}
         try:
             container = self.client.containers.run(
-                image, ["python3", "-c", KEEPER], detach=True, network_mode="none", environment=env,
-                mem_limit=f"{memory}m", memswap_limit=f"{memory}m", pids_limit=cfg.pids, user="0",
-                labels={OWNER: str(os.getpid()), HOST: socket.gethostname(), "echo-rl.episode": episode},
+                image, ["python3", "-c", KEEPER], detach=True, environment=env, **net_kw,
+                mem_limit=f"{memory}m", memswap_limit=f"{memory}m", pids_limit=cfg.pids, user="0", labels=labels,
                 tmpfs={"/tmp": "size=256m,mode=1777", OUT: f"size={cfg.output_bytes + cfg.drain_bytes}",
                        OUTV: f"size={cfg.output_bytes + cfg.drain_bytes},mode=0700",
                        "/logs/verifier": "size=64m,mode=0755"}, **extra,
             )  # fmt: skip
         except Exception as e:
+            for c in side:
+                c.remove(force=True)
+            if network is not None:
+                network.remove()
             raise SandboxError(f"container start failed ({image}): {e}") from e
         attrs = container.attrs.get("Config") or {}
         image_env = dict(e.split("=", 1) for e in attrs.get("Env") or [] if "=" in e)
         workdir = (task.workdir if task is not None and task.workdir else "") or attrs.get("WorkingDir") or ""
         workdir = workdir if workdir not in ("", "/") else cfg.workdir
         box = DockerSandbox(cfg, container, workdir=cfg.workdir, agent_uid=None if agent_root else AGENT_UID,
-                            env=image_env)  # fmt: skip
+                            env=image_env, networks=nets, side=side, network=network)  # fmt: skip
+        box.net_now = "public" if net_kw.get("network") == PUBLIC_NET else "none"
         try:
+            box._switch_network(box.agent_net)  # before any command of the agent's
             wd = shlex.quote(workdir)
             own = f"{wd} /app /logs/agent {AGENT_HOME} {OUT}"
             box._root(
@@ -349,17 +390,60 @@ class DockerBackend(SandboxBackend):
                 box._root(f"chown -R {AGENT_UID}:{AGENT_UID} /app")
         return box
 
+    def _start_services(self, task, labels: dict):
+        """The task's other compose services, each reachable by its name, on a new internal
+        network (no route out) that the agent's container joins."""
+        tag = f"{os.getpid()}-{labels['echo-rl.episode']}-{time.time_ns()}"
+        name = f"echo-rl-{hashlib.sha256(tag.encode()).hexdigest()[:12]}"
+        try:
+            network = self.client.networks.create(name, internal=True, labels=labels)
+        except Exception as e:
+            raise SandboxError(f"task {task.task_id}: creating its service network failed: {e}") from e
+        side = []
+        try:
+            for svc in task.services.values():
+                if svc.dockerfile is not None:
+                    image = self._build(svc.dockerfile, svc.dockerfile.parent, task.task_id, task.build_timeout_s)
+                else:
+                    image = self.resolve_image(svc.image, task.task_id, f"service {svc.name}")
+                kw = {k: v for k, v in (("command", svc.command), ("entrypoint", svc.entrypoint),
+                                        ("working_dir", svc.workdir or None)) if v is not None}  # fmt: skip
+                side.append(self.client.containers.run(
+                    image, detach=True, environment=svc.env, labels=labels, mem_limit=f"{self.cfg.memory_mb}m",
+                    pids_limit=self.cfg.pids, network=name,
+                    networking_config={name: self.client.api.create_endpoint_config(aliases=[svc.name])}, **kw,
+                ))  # fmt: skip
+        except Exception as e:
+            for c in side:
+                c.remove(force=True)
+            network.remove()
+            if isinstance(e, SandboxError):
+                raise
+            raise SandboxError(f"task {task.task_id}: starting its compose services failed: {e}") from e
+        return network, side
+
     def reap_orphans(self) -> int:
-        reaped = 0
-        for c in self.client.containers.list(all=True, filters={"label": f"{HOST}={socket.gethostname()}"}):
-            owner = int(c.labels.get(OWNER, "0") or 0)
+        """Remove the containers (and service networks) of trainers on this host that died."""
+
+        def dead(labels: dict) -> bool:
             try:
-                os.kill(owner, 0)
-                continue
+                os.kill(int(labels.get(OWNER, "0") or 0), 0)
             except ProcessLookupError:
+                return True
+            except (PermissionError, ValueError):
                 pass
-            except PermissionError:
-                continue
-            c.remove(force=True)
-            reaped += 1
+            return False
+
+        host = {"label": f"{HOST}={socket.gethostname()}"}
+        reaped = 0
+        for c in self.client.containers.list(all=True, filters=host):
+            if dead(c.labels):
+                c.remove(force=True)
+                reaped += 1
+        for n in self.client.networks.list(filters=host):
+            if dead(n.attrs.get("Labels") or {}):
+                try:
+                    n.remove()
+                except Exception:
+                    pass
         return reaped

@@ -22,6 +22,20 @@ class VerifierError(RuntimeError):
 
 
 @dataclass
+class Service:
+    """A docker-compose service that runs beside the agent's container (a database, an API
+    the task talks to), reachable by its name on the episode's own internal network."""
+
+    name: str
+    image: str = ""  # a prebuilt image, or
+    dockerfile: Path | None = None  # a recipe (its directory is the build context)
+    command: list[str] | None = None  # compose ``command`` (None: the image's)
+    entrypoint: list[str] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    workdir: str = ""
+
+
+@dataclass
 class Task:
     task_id: str
     instruction: str  # what the agent is told
@@ -49,6 +63,7 @@ class Task:
     agent_user: str = ""  # [agent] user ("" = the sandbox's choice)
     network: str = "none"  # what the task declares: none | public | allowlist
     allowed_hosts: list[str] = field(default_factory=list)
+    services: dict[str, "Service"] = field(default_factory=dict)  # docker-compose services beside the agent's
     extra: dict = field(default_factory=dict)  # task.toml / task.yaml fields kept but not used
 
 

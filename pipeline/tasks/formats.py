@@ -37,12 +37,13 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import tomllib
 from pathlib import Path
 
 import yaml
 
-from pipeline.tasks.base import Task, TaskFormatError, read_tree
+from pipeline.tasks.base import Service, Task, TaskFormatError, read_tree
 
 AGENT_TIMEOUT_DEFAULT_S = 3600.0  # Harbor's default is no limit; an RL episode needs one
 
@@ -196,6 +197,7 @@ def load_terminal_bench(task_dir: str | Path) -> Task:
         dockerfile=dockerfile if dockerfile.is_file() else None,
         compose=compose if compose.is_file() else None,
         verifier_env={"TEST_DIR": "/tests"}, env={"TEST_DIR": "/tests"},
+        network="public",  # TB's harness runs its containers on a network with the internet
         extra={k: v for k, v in meta.items() if k not in known},
     )  # fmt: skip
     return _apply_compose(task, ("client",)) if task.compose else task
@@ -206,9 +208,9 @@ TB_COMPOSE_VARS = {"T_BENCH_TEST_DIR": "/tests", "T_BENCH_CONTAINER_LOGS_PATH": 
 
 
 def _apply_compose(task: Task, service_names: tuple[str, ...]) -> Task:
-    """Read the agent's service of a docker-compose file into the task: its build
-    (context, dockerfile) or image, environment and working_dir. Other services are
-    recorded (``extra['compose.other_services']``): the sandboxes refuse such tasks."""
+    """Read a docker-compose file into the task: the agent's service (its build or image,
+    environment, working_dir) and every other service, which runs beside it on the
+    episode's internal network (``Task.services``; the docker backend starts them)."""
     path = task.compose
     try:
         doc = yaml.safe_load(path.read_text()) or {}
@@ -220,28 +222,44 @@ def _apply_compose(task: Task, service_names: tuple[str, ...]) -> Task:
     name = next((n for n in service_names if n in services), None)
     if name is None:
         raise TaskFormatError(f"{path}: no service named {' or '.join(service_names)}")
-    svc = services[name] or {}
     subst = {**TB_COMPOSE_VARS, "T_BENCH_TASK_DOCKER_CLIENT_IMAGE_NAME": f"echo-rl-tb-{task.task_id}"}
     sub = lambda v: _VAR.sub(lambda m: subst.get(m.group(1), os.environ.get(m.group(1), m.group(2) or "")), str(v))  # noqa: E731
+    specs = {str(n): _compose_service(path, str(n), svc or {}, sub, main=n == name) for n, svc in services.items()}
+    main = specs.pop(name)
+    if main.image or main.dockerfile:
+        task.image, task.dockerfile = main.image, main.dockerfile
+    task.env.update(main.env)
+    task.workdir = main.workdir or task.workdir
+    task.services = specs
+    return task
+
+
+def _compose_service(path: Path, name: str, svc: dict, sub, *, main: bool = False) -> Service:
+    where = f"{path}: service {name}"
+    if not isinstance(svc, dict):
+        raise TaskFormatError(f"{where}: must be a mapping")
+    out = Service(name=name)
     build = svc.get("build")
     if build is not None:
         build = {"context": build} if isinstance(build, str) else build
         context = (path.parent / sub(build.get("context", "."))).resolve()
-        task.dockerfile = context / sub(build.get("dockerfile", "Dockerfile"))
-        if not task.dockerfile.is_file():
-            raise TaskFormatError(f"{path}: service {name}: {task.dockerfile} does not exist")
+        out.dockerfile = context / sub(build.get("dockerfile", "Dockerfile"))
+        if not out.dockerfile.is_file():
+            raise TaskFormatError(f"{where}: {out.dockerfile} does not exist")
     elif svc.get("image"):
-        task.image, task.dockerfile = sub(svc["image"]), None
+        out.image = sub(svc["image"])
+    elif not main:  # (the agent's service may leave its image to the task dir's Dockerfile)
+        raise TaskFormatError(f"{where}: neither 'build' nor 'image'")
     env = svc.get("environment") or {}
     if isinstance(env, list):
         env = dict(e.split("=", 1) if "=" in e else (e, os.environ.get(e, "")) for e in map(str, env))
-    task.env.update({str(k): sub(v) for k, v in env.items()})
-    if svc.get("working_dir"):
-        task.workdir = sub(svc["working_dir"])
-    others = sorted(n for n in services if n != name)
-    if others:
-        task.extra["compose.other_services"] = others
-    return task
+    out.env = {str(k): sub(v) for k, v in env.items()}
+    for key in ("command", "entrypoint"):
+        value = svc.get(key)
+        if value is not None:
+            setattr(out, key, shlex.split(sub(value)) if isinstance(value, str) else [sub(v) for v in value])
+    out.workdir = sub(svc.get("working_dir") or "")
+    return out
 
 
 def is_task_dir(d: Path) -> bool:

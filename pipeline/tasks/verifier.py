@@ -25,6 +25,11 @@ own harnesses guarantee none of it; their run semantics are kept otherwise):
   acted. If it works there, the agent's changes caused the failure: reward 0,
   ``failure="agent"``. If it fails there too, it is the infrastructure's (or the task's):
   ``VerifierError``, and the episode is an ``infra_error``.
+- Network: the verifier phase has the network ``cfg.verifier_network`` gives it
+  (``phase_networks``). Offline, a verifier that fails or scores 0 while its output reads
+  as a network error (an install step: curl, pip, uv) is re-run where no agent acted; if
+  that shows the same, the episode is an infrastructure error "verifier needs the
+  network: ...", never reward 0 (and the agent cannot buy that by printing the words).
 - ``cfg.verifier_isolation: fresh`` verifies in a new sandbox of the task's image into
   which only the agent's work tree is copied: nothing the agent did to the system can
   reach the verifier (for tasks whose checks read only files).
@@ -38,7 +43,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from pipeline.sandbox.base import SandboxBackend, SandboxConfig, SandboxError
+from pipeline.sandbox.base import SandboxBackend, SandboxConfig, SandboxError, phase_networks
 from pipeline.tasks.base import Task, VerifierError
 
 REWARD_JSON, REWARD_TXT = "/logs/verifier/reward.json", "/logs/verifier/reward.txt"
@@ -47,6 +52,25 @@ TEST_STDOUT = "/logs/verifier/test-stdout.txt"
 MAX_REWARD_BYTES = 1 << 16
 MAX_STDOUT_BYTES = 8 << 20
 PYTEST_OK = ("PASSED", "SKIPPED", "XFAIL")
+# What an install step that needs the network prints when it has none (curl, pip, uv, apt,
+# git, wget, python's socket errors).
+_OFFLINE = re.compile(
+    r"Could not resolve host|Temporary failure in name resolution|Name or service not known|"
+    r"Network is unreachable|No route to host|Failed to establish a new connection|"
+    r"Could not fetch URL|Failed to fetch https?://|unable to access 'https?://|"
+    r"getaddrinfo failed|Failed to resolve|dns error|verifier needs the network")
+
+
+class NetworkNeeded(VerifierError):
+    """The verifier ran offline and failed or scored 0 on what reads as a network error."""
+
+
+def offline_sign(output: str) -> str:
+    """The first line of ``output`` that reads as an install step failing offline, or ""."""
+    for line in output.splitlines():
+        if _OFFLINE.search(line):
+            return line.strip()[:200]
+    return ""
 
 
 @dataclass
@@ -105,10 +129,28 @@ def parse_pytest(output: str) -> float:
     return 1.0 if all(s in PYTEST_OK for s in statuses) else 0.0
 
 
-def run_tests(task: Task, box, *, reward_key: str = "reward") -> dict[str, float]:
+def run_tests(task: Task, box, *, reward_key: str = "reward", offline: bool = False) -> dict[str, float]:
     """Lay the verifier's ground, copy the tests in, run them as the verifier, read the
     reward. Returns the named rewards (``reward_key`` → the training reward). Raises
-    ``VerifierError`` (or ``SandboxError``) when no valid reward comes out."""
+    ``VerifierError`` (or ``SandboxError``) when no valid reward comes out; with
+    ``offline`` (the verifier phase had no network), ``NetworkNeeded`` when it failed or
+    scored 0 and its output reads as a network error (``verify`` decides whose)."""
+    try:
+        rewards = _run_tests(task, box, reward_key)
+    except VerifierError as e:
+        if offline and (sign := offline_sign(str(e)) or offline_sign(_stdout(box))):
+            raise NetworkNeeded(f"verifier needs the network: {sign}") from e
+        raise
+    if offline and rewards[reward_key] <= 0 and (sign := offline_sign(_stdout(box))):
+        raise NetworkNeeded(f"verifier needs the network: {sign} (it scored {rewards[reward_key]:g} offline)")
+    return rewards
+
+
+def _stdout(box) -> str:
+    return (box.read_file(TEST_STDOUT, max_bytes=MAX_STDOUT_BYTES) or b"")[-(1 << 16):].decode(errors="replace")
+
+
+def _run_tests(task: Task, box, reward_key: str) -> dict[str, float]:
     box.prepare_verifier(stop_agent=box.agent_uid is None)
     box.put_files(task.tests, mode=0o755)
     env = {"TEST_DIR": "/tests", **task.verifier_env}
@@ -145,21 +187,26 @@ def verify(task: Task, box, backend: SandboxBackend, cfg: SandboxConfig, *, epis
     """The reward of an episode whose agent phase ended in ``box`` (see the module doc)."""
     t0 = time.perf_counter()
     key = cfg.reward_key
+    offline = phase_networks(cfg, task)[1] == "none"
     try:
         if cfg.verifier_isolation == "fresh":
             with backend.start(task_dir=task.task_dir, task=task, episode=f"{episode}-verify") as clean:
                 box.copy_workdir_to(clean)
-                rewards = run_tests(task, clean, reward_key=key)
+                rewards = run_tests(task, clean, reward_key=key, offline=offline)
         else:
-            rewards = run_tests(task, box, reward_key=key)
+            rewards = run_tests(task, box, reward_key=key, offline=offline)
         return Verdict(rewards[key], rewards, seconds=time.perf_counter() - t0)
-    except (VerifierError, SandboxError) as e:
+    except (VerifierError, SandboxError) as e:  # incl. NetworkNeeded: the task's or the agent's doing?
         first = f"{type(e).__name__}: {e}"
     try:  # is it the agent's doing? The same verifier where no agent acted.
         with backend.start(task_dir=task.task_dir, task=task, episode=f"{episode}-blame") as clean:
-            run_tests(task, clean, reward_key=key)
+            run_tests(task, clean, reward_key=key, offline=offline)
+    except NetworkNeeded as e:  # it needs the network wherever it runs: the task's, never reward 0
+        raise NetworkNeeded(f"{task.task_id}: {e} (set sandbox.verifier_network=task on a backend with a "
+                            "network, or give the image its test tools)") from e  # fmt: skip
     except (VerifierError, SandboxError) as e:
         raise VerifierError(f"{task.task_id}: {first}; on a fresh sandbox too: {type(e).__name__}: {e}") from e
+    # Where no agent acted the verifier works (or prints no network error): what failed was the agent's doing.
     return Verdict(0.0, {}, failure="agent", detail=first[:2000], seconds=time.perf_counter() - t0)
 
 
