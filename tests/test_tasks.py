@@ -166,7 +166,7 @@ def test_tasks_check_passes_the_fixtures_on_docker(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
     rows = json.loads(out.read_text())["tasks"]
     assert {row["task"] for row in rows} == {"tb1-hello-world", "harbor-reward-json", "harbor-service", "tb1-compose",
-                                          "harbor-compose-service"}
+                                          "harbor-compose-service", "harbor-pytest-ctrf"}
     assert all((row["noop"], row["oracle"]) == (0.0, 1.0) for row in rows)
     assert json.loads(out.read_text())["tasks"][0]["rewards"]  # the named rewards are reported
 
@@ -257,3 +257,37 @@ def test_a_task_in_both_training_and_eval_dirs_is_an_error(tmp_path):
     generate(["csv_sum"], 1, tmp_path / "eval2", seed=1)  # positive control: disjoint sets start
     s = TaskSampler(TaskSetConfig(train_dirs=[str(tmp_path / "train")], eval_dirs=[str(tmp_path / "eval2")]), tmp_path, 0)
     assert len(s.for_step(0, 2)) == 2 and [t.task_id for t in s.eval_tasks()] == ["csv_sum-1-0"]
+
+
+def test_the_tasks_own_agent_user_runs_the_agent_with_agent_user_task(tmp_path):
+    """`[agent] user` (Harbor): with sandbox.agent_user=task, the agent's commands run as
+    that account of the task's image; unknown accounts are refused naming the field."""
+    from pipeline.sandbox import SandboxConfig, SandboxError
+    from pipeline.sandbox.docker import DockerBackend
+    from pipeline.tasks import verify
+
+    try:
+        own = DockerBackend(SandboxConfig(backend="docker", agent_user="task"))
+    except SandboxError as e:
+        pytest.skip(f"docker backend unavailable: {e}")
+    d = tmp_path / "own-user"
+    (d / "environment").mkdir(parents=True)
+    (d / "tests").mkdir()
+    (d / "instruction.md").write_text("Write ok to /app/out.txt\n")
+    (d / "task.toml").write_text('[agent]\nuser = "app"\n[environment]\nallow_internet = false\n')
+    (d / "environment" / "Dockerfile").write_text(
+        "FROM debian:bookworm-slim\nRUN useradd -m -u 1234 app && mkdir -p /app && chown app /app\nWORKDIR /app\n")
+    (d / "tests" / "test.sh").write_text(
+        '#!/bin/bash\n[ "$(stat -c %U /app/out.txt)" = app ] && grep -qx ok /app/out.txt '
+        '&& echo 1 > /logs/verifier/reward.txt || echo 0 > /logs/verifier/reward.txt\n')
+    task = load_task(d)
+    with own.start(task=task) as box:
+        assert box.exec("id -un; echo $HOME").output == "app\n/home/app\n"
+        box.exec("echo ok > /app/out.txt")
+        assert verify(task, box, own, own.cfg).reward == 1.0
+    default = DockerBackend(SandboxConfig(backend="docker"))  # control: the sandbox's own user otherwise
+    with default.start(task=task) as box:
+        assert box.exec("id -un").output == "echo-agent\n"
+    (d / "task.toml").write_text('[agent]\nuser = "nobody-here"\n')
+    with pytest.raises(SandboxError, match="user 'nobody-here' is not an account of its image"):
+        own.start(task=load_task(d))

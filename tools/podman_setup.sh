@@ -52,11 +52,27 @@ if ! podman image exists "echo-rl-base:$hash"; then
 fi
 podman tag "echo-rl-base:$hash" echo-rl-base:latest >/dev/null
 # Task Dockerfiles name public bases and nothing can be pulled here: local stand-ins (the
-# Debian bookworm rootfs: python3 3.11, pip, pytest) under the common public names. A
-# stand-in is not the real image (python:3.12-slim gets python 3.11): on a cluster, map
-# names to real images with sandbox.image_map.
-for alias in debian:bookworm-slim debian:bookworm debian:12 debian:12-slim ubuntu:22.04 ubuntu:24.04 \
-             python:3.10-slim python:3.11-slim python:3.12-slim python:3.13-slim python:3.11 python:3.12; do
+# Debian bookworm rootfs: python3 3.11, pip, pytest) under the common public names; the
+# python:* ones also carry pytest-json-ctrf (TB2's verifiers run `pytest --ctrf`), a pinned
+# wheel fetched from PyPI on the host and installed offline. A stand-in is not the real
+# image (python:3.12-slim gets python 3.11): on a cluster, map names to real images with
+# sandbox.image_map.
+req="$(dirname "$0")/standin-requirements.txt"
+py="echo-rl-py:$hash-$(sha256sum < "$req" | cut -c1-8)"
+if ! podman image exists "$py"; then
+  ctx=$(mktemp -d)
+  trap 'rm -rf "$ctx"' EXIT
+  python3 -m pip download --quiet --no-deps --require-hashes --only-binary=:all: --python-version 3.11 \
+    -r "$req" -d "$ctx/wheels" >&2 2>/dev/null \
+    || { echo "podman_setup: cannot download the stand-ins' test tools ($req) from PyPI" >&2; exit 1; }
+  printf 'FROM echo-rl-base:%s\nCOPY wheels /tmp/wheels\nRUN pip install --quiet --break-system-packages --no-index --no-deps /tmp/wheels/*.whl && rm -r /tmp/wheels\n' \
+    "$hash" > "$ctx/Dockerfile"
+  podman build --quiet --network none -t "$py" "$ctx" >&2
+fi
+for alias in debian:bookworm-slim debian:bookworm debian:12 debian:12-slim ubuntu:22.04 ubuntu:24.04; do
   podman tag echo-rl-base:latest "$alias" >/dev/null
+done
+for alias in python:3.10-slim python:3.11-slim python:3.12-slim python:3.13-slim python:3.11 python:3.12 python:3.13; do
+  podman tag "$py" "$alias" >/dev/null
 done
 echo "unix://$SOCK"

@@ -86,6 +86,7 @@ class DockerSandbox(Sandbox):
                  networks: tuple[str, str] = ("none", "none"), side: list | None = None, network=None):  # fmt: skip
         self.cfg, self.container, self.closed = cfg, container, False
         self.workdir, self.agent_uid, self.env = workdir, agent_uid, env
+        self.agent_gid, self.agent_name, self.agent_home = agent_uid, AGENT_NAME, AGENT_HOME  # (a task's own user: its)
         self.agent_net, self.verifier_net = networks  # "none" | "public", by phase
         self.net_now = self.agent_net
         self.side, self.network = side or [], network  # compose services beside it, their internal network
@@ -141,8 +142,8 @@ class DockerSandbox(Sandbox):
         if verifier:
             raw = self._run(self._script(command, timeout, OUTV, self._verifier_env(env)), "0")
         else:
-            user = "0" if self.agent_uid is None else f"{self.agent_uid}:{self.agent_uid}"
-            home = {"HOME": AGENT_HOME, "USER": AGENT_NAME} if self.agent_uid is not None else {}
+            user = "0" if self.agent_uid is None else f"{self.agent_uid}:{self.agent_gid}"
+            home = {"HOME": self.agent_home, "USER": self.agent_name} if self.agent_uid is not None else {}
             raw = self._run(self._script(command, timeout, OUT), user, {**home, **(env or {})})
         body, sep, trailer = raw.rpartition(b"\n" + TRAILER.encode() + b" ")
         if not sep and not verifier and self.alive():  # the agent killed its own command's shell
@@ -174,7 +175,7 @@ class DockerSandbox(Sandbox):
         if self.verifier_net == "public" and self.net_now == "none" and not stop_agent and self.agent_uid is not None:
             # A process the agent left would get the network the agent was denied: stop
             # them first (kill -1 as the agent's uid reaches only the agent's processes).
-            raw = self._run(f"{kill}printf '\\n{TRAILER} 0'", f"{self.agent_uid}:{self.agent_uid}", workdir="/")
+            raw = self._run(f"{kill}printf '\\n{TRAILER} 0'", f"{self.agent_uid}:{self.agent_gid}", workdir="/")
             if TRAILER.encode() not in raw:
                 raise SandboxError(f"stopping the agent's processes failed: {raw[-300:]!r}")
         self._root((kill if stop_agent else "") + "rm -rf /tests && mkdir -p -m 755 /tests /logs/verifier && "
@@ -238,7 +239,7 @@ class DockerSandbox(Sandbox):
         except Exception as e:
             raise SandboxError(f"copying the work tree failed: {e}") from e
         if other.agent_uid is not None:  # the engine extracts as root: give the tree back to the agent
-            other._root(f"chown -R -h {other.agent_uid}:{other.agent_uid} {shlex.quote(wd)}")
+            other._root(f"chown -R -h {other.agent_uid}:{other.agent_gid} {shlex.quote(wd)}")
 
     def close(self) -> None:
         if not self.closed:
@@ -370,6 +371,13 @@ class DockerBackend(SandboxBackend):
         box.net_now = "public" if net_kw.get("network") == PUBLIC_NET else "none"
         try:
             box._switch_network(box.agent_net)  # before any command of the agent's
+            own_user = cfg.agent_user == "task" and task is not None and task.agent_user not in ("", "root", "0")
+            if own_user:  # the task's [agent] user: its image's account, its image's ownership
+                self._task_user(box, task)
+                box._root(f"mkdir -p /logs/agent && chown {box.agent_uid}:{box.agent_gid} /logs/agent {OUT} && "
+                          "chown 0:0 /logs /tests /logs/verifier && chmod 755 /logs /tests /logs/verifier")  # fmt: skip
+                box.workdir = workdir
+                return box
             wd = shlex.quote(workdir)
             own = f"{wd} /app /logs/agent {AGENT_HOME} {OUT}"
             box._root(
@@ -389,6 +397,18 @@ class DockerBackend(SandboxBackend):
             if not agent_root and files:
                 box._root(f"chown -R {AGENT_UID}:{AGENT_UID} /app")
         return box
+
+    @staticmethod
+    def _task_user(box: DockerSandbox, task) -> None:
+        name = task.agent_user
+        raw = box._run(f"getent passwd {shlex.quote(name)} || true", "0", workdir="/").decode(errors="replace")
+        fields = raw.strip().split(":")
+        if len(fields) < 7 or not fields[2].isdigit():
+            raise SandboxError(f"task {task.task_id}: [agent] user {name!r} is not an account of its image")
+        box.agent_name, box.agent_home = fields[0], fields[5] or "/"
+        box.agent_uid, box.agent_gid = int(fields[2]), int(fields[3])
+        if box.agent_uid == 0:
+            box.agent_uid = box.agent_gid = None  # another name for root: the root agent's rules
 
     def _start_services(self, task, labels: dict):
         """The task's other compose services, each reachable by its name, on a new internal
