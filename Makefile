@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml requirements/ci.txt
 # every `make test` (a fresh boot has no Podman service running).
 # Also a one-node Slurm cluster (slurm-wlm + munge) so tests submit real sbatch jobs, and
 # shellcheck for the scripts; tools/slurm_local.sh is idempotent like podman_setup.sh.
-$(VENV)/.system: tools/build_rootfs.sh tools/podman_setup.sh tools/slurm_local.sh | $(VENV)/.installed
+$(VENV)/.system: pipeline/sandbox/build_rootfs.sh tools/podman_setup.sh tools/standin-requirements.txt tools/slurm_local.sh | $(VENV)/.installed
 	@if ! command -v bwrap >/dev/null || ! command -v debootstrap >/dev/null || ! command -v shellcheck >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap debootstrap shellcheck; fi
 	bash tools/build_rootfs.sh

@@ -4,7 +4,8 @@
     echo-rl train  configs/tiny.yaml loss.env_coef=0.1   # run a training job (resumes when killed)
     echo-rl eval   runs/tiny/ckpt configs/tiny.yaml      # pass@k + world-model probe of a checkpoint
     echo-rl learner-smoke configs/tiny.yaml              # learner steps on synthetic trajectories
-    echo-rl convert {mcore-to-hf,hf-to-mcore,verify} ... # checkpoints (tools/convert.py)
+    echo-rl convert {mcore-to-hf,hf-to-mcore,verify} ... # checkpoints (pipeline/weights/convert.py)
+    echo-rl view runs/tiny/trajectories/step_000003.jsonl [--html OUT] [--loss-weights]  # trajectories by role
     echo-rl sandbox exec [--task DIR] [--timeout S] -- CMD # the observation the agent would see
     echo-rl sandbox shell [--task DIR]                   # an interactive shell in a task's sandbox
     echo-rl tasks generate --families all --n 4 --out DIR  # built-in task families → Harbor dirs
@@ -41,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_config_args(ev)
     smoke = sub.add_parser("learner-smoke", help="Megatron learner steps on synthetic trajectories")
     _add_config_args(smoke)
-    sub.add_parser("convert", help="checkpoint export/import/verify (tools/convert.py)", add_help=False)
+    sub.add_parser("convert", help="checkpoint export/import/verify (pipeline/weights/convert.py)", add_help=False)
+    sub.add_parser("view", help="show trajectories by role (pipeline/viewer.py)", add_help=False)
     sub.add_parser("microcosm", help="the maze microcosm: supervised | rl | probe | env_only", add_help=False)
     sb = sub.add_parser("sandbox", help="run commands in a task's sandbox as the agent would")
     sb_sub = sb.add_subparsers(dest="sandbox_command", required=True)
@@ -91,9 +93,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return microcosm_main(argv[1:])
     if argv[:1] == ["convert"]:
-        from tools.convert import main as convert_main
+        from pipeline.weights.convert import main as convert_main
 
         return convert_main(argv[1:])
+    if argv[:1] == ["view"]:
+        from pipeline.viewer import main as view_main
+
+        return view_main(argv[1:])
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)

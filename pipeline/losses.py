@@ -334,7 +334,8 @@ class LossConfig:
     clip_low: float = 0.2  # ratio clipped below at 1 - clip_low
     clip_high: float = 0.2  # ratio clipped above at 1 + clip_high
     pg_reduction: str = "token_mean"  # token_mean (over the step's action tokens) | sequence_mean
-    kl_coef: float = 0.0  # k3 KL to a reference policy; 0 = off (the paper)
+    # (no kl_coef: no reference policy is built, so a KL knob here would do nothing; the
+    # paper trains without one. echo_loss takes ref_logprobs/kl_coef for who brings one.)
 
     def coefs(self, step: int) -> tuple[float, float, float]:
         """(pg_coef, env_coef, sft_coef) at ``step`` for this mode."""
@@ -361,7 +362,7 @@ class LossConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 errs.append((name, f"must be one of {list(allowed)}, got {getattr(self, name)!r}"))
-        for name in ("env_coef", "env_coef_start", "kl_coef"):
+        for name in ("env_coef", "env_coef_start"):
             if getattr(self, name) < 0:
                 errs.append((name, f"must be ≥ 0, got {getattr(self, name)}"))
         for name in ("clip_low", "clip_high"):

@@ -43,7 +43,7 @@ def train(cfg: Config) -> dict:
     run_dir = Path(cfg.run.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.model.warmstart_steps and cfg.model.load and checkpoint.latest(cfg.model.load) is None:
-        from tools.warmstart import build_warmstart
+        from pipeline.warmstart import build_warmstart
 
         build_warmstart(cfg)
     learner = Learner(cfg.model, cfg.parallel, cfg.optim, cfg.learner, cfg.loss, seed=cfg.run.seed)
@@ -179,7 +179,7 @@ def _finish(cfg, learner, tracker, run_dir: Path) -> dict:
         summary.update(mlflow_run_id=tracker.run_id, mlflow_ui=tracker.ui_command())
     last = sorted((run_dir / "trajectories").glob("step_*.jsonl"))
     if last and tracker is not None:
-        from tools.view_trajectories import render_html
+        from pipeline.viewer import render_html
 
         html = run_dir / "trajectories" / f"{last[-1].stem}.html"
         render_html(last[-1], html, limit=8)

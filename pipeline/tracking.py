@@ -2,7 +2,8 @@
 
 Where it sits: main → **Tracker** (params once; metrics per step; artifacts) → MLflow.
 
-Default store: ``sqlite:///RUN_DIR/mlflow.db`` (any tracking URI works). The MLflow run id
+Default store: ``sqlite:///RUN_DIR/mlflow.db``, artifacts in ``RUN_DIR/mlartifacts`` (any
+tracking URI works; a server's artifact store is the server's). The MLflow run id
 is kept in ``RUN_DIR/mlflow_run_id`` so a resumed job logs into the same run.
 
 Exactly-once steps: a step's metrics are buffered and written to MLflow right after the
@@ -45,6 +46,10 @@ class Tracker:
 
         self.mlflow = mlflow
         mlflow.set_tracking_uri(self.uri)
+        if not cfg.tracking_uri and mlflow.get_experiment_by_name(cfg.experiment) is None:
+            # the run's own store keeps its artifacts under RUN_DIR too (MLflow's default is
+            # ./mlruns in the working directory: a run would write into the checkout)
+            mlflow.create_experiment(cfg.experiment, artifact_location=(run_dir / "mlartifacts").resolve().as_uri())
         mlflow.set_experiment(cfg.experiment)
         id_file = run_dir / "mlflow_run_id"
         if id_file.is_file():

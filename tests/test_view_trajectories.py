@@ -8,7 +8,7 @@ import torch
 from pipeline.losses import echo_loss
 from pipeline.rollout.chat import load_tokenizer
 from pipeline.trajectory import Role, Trajectory, save_jsonl
-from tools.view_trajectories import loss_weights, render_html, render_terminal
+from pipeline.viewer import loss_weights, render_html, render_terminal
 
 TOK = "configs/tokenizer/tiny"
 

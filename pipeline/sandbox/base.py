@@ -19,7 +19,7 @@ from pathlib import Path
 @dataclass
 class SandboxConfig:
     backend: str = "bwrap"  # bwrap (no daemon) | docker (Docker Engine API; Podman in CI) | maze (microcosm)
-    rootfs: str = ""  # bwrap root filesystem ("" = the cached one from tools/build_rootfs.sh)
+    rootfs: str = ""  # bwrap root filesystem ("" = the cached one from pipeline/sandbox/build_rootfs.sh)
     memory_mb: int = 1024  # memory limit of an episode's processes
     pids: int = 256  # process-count limit (fork bombs)
     timeout_s: float = 30.0  # per-command wall-clock limit

@@ -43,8 +43,9 @@ WRITABLE = ("/app", "/logs", "/tests", "/solution")  # host dirs of the episode 
 
 
 def default_rootfs() -> Path:
-    """The cached rootfs that ``tools/build_rootfs.sh`` prints (built if missing)."""
-    script = Path(__file__).resolve().parents[2] / "tools" / "build_rootfs.sh"
+    """The cached rootfs that ``build_rootfs.sh`` (package data, beside this module) prints
+    (built if missing)."""
+    script = Path(__file__).resolve().parent / "build_rootfs.sh"
     out = subprocess.run(["bash", str(script)], capture_output=True, text=True)
     if out.returncode != 0:
         raise SandboxError(f"building the rootfs failed: {out.stderr[-2000:]}")

@@ -1,6 +1,6 @@
 """Checkpoint conversion: Megatron dist checkpoint ⇄ HF directory, and verification.
 
-Used by ``tools/convert.py`` / ``echo-rl convert``. Runs as one process (world size 1):
+The command line ``echo-rl convert`` (``main``; ``tools/convert.py`` wraps it). Runs as one process (world size 1):
 Megatron ``dist_checkpointing`` checkpoints are layout-free, so a checkpoint written
 here loads at any TP/PP (``--tp``/``--pp`` are checked against the model's head and
 layer counts), and any training checkpoint converts from here. The name mapping and
@@ -9,7 +9,9 @@ the streaming are the ones the per-step weight sync uses.
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -135,3 +137,59 @@ def describe(ckpt: str | Path) -> str:
     path = _ckpt_path(ckpt)
     common = dist_checkpointing.load_common_state_dict(str(path))
     return json.dumps({"path": str(path), "step": common.get("step"), "layout": common.get("layout")})
+
+
+CLI_USAGE = """Checkpoint export/import: ``python tools/convert.py`` or ``echo-rl convert``.
+
+    convert mcore-to-hf --ckpt DIR --out DIR [--dtype bfloat16] [--tokenizer DIR]
+    convert hf-to-mcore --hf DIR --out DIR [--tp N --pp N] [--dtype float32]
+    convert verify --hf DIR --ckpt DIR [--tol 1e-4]    # exit 1 above the tolerance
+
+mcore-to-hf output loads with ``transformers.AutoModelForCausalLM.from_pretrained`` and
+vLLM. Megatron dist checkpoints are layout-free: hf-to-mcore output loads at any TP/PP
+(``--tp/--pp`` are validated against the model). Nothing partial is ever left at --out.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="echo-rl convert", description=CLI_USAGE.strip().splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("mcore-to-hf")
+    a.add_argument("--ckpt", required=True)
+    a.add_argument("--out", required=True)
+    a.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    a.add_argument("--tokenizer", help="directory whose tokenizer files are copied along")
+    a.add_argument("--max-shard-gb", type=float, default=2.0)
+    b = sub.add_parser("hf-to-mcore")
+    b.add_argument("--hf", required=True)
+    b.add_argument("--out", required=True)
+    b.add_argument("--tp", type=int, default=1)
+    b.add_argument("--pp", type=int, default=1)
+    b.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    c = sub.add_parser("verify")
+    c.add_argument("--hf", required=True)
+    c.add_argument("--ckpt", required=True)
+    c.add_argument("--tol", type=float, default=1e-4)
+    c.add_argument("--tokens", type=int, default=64)
+    args = ap.parse_args(argv)
+
+    from pipeline.learner.model import ModelConfigError
+
+    try:
+        if args.cmd == "mcore-to-hf":
+            out = mcore_to_hf(args.ckpt, args.out, dtype=args.dtype, tokenizer=args.tokenizer,
+                                      max_shard_bytes=int(args.max_shard_gb * 2**30))  # fmt: skip
+            print(f"wrote {out}")
+        elif args.cmd == "hf-to-mcore":
+            out = hf_to_mcore(args.hf, args.out, tp=args.tp, pp=args.pp, dtype=args.dtype)
+            print(f"wrote {out} (loads at any TP/PP; checked TP={args.tp} PP={args.pp})")
+        else:
+            diff = verify(args.hf, args.ckpt, tokens=args.tokens)
+            ok = diff <= args.tol
+            print(f"max |logit diff| = {diff:.3e} ({'OK' if ok else 'FAIL'}, tolerance {args.tol:g})")
+            return 0 if ok else 1
+    except (ConversionError, ModelConfigError, FileNotFoundError, KeyError) as e:
+        print(f"convert: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+

@@ -26,7 +26,7 @@ def main(out: Path, rootfs: str) -> None:
     from pipeline.tasks.generator import generate
     from pipeline.trajectory import save_jsonl
     from pipeline.weights.stream import StreamChecksum, WeightBucket
-    from tools.view_trajectories import render_html
+    from pipeline.viewer import render_html
 
     root = Path(__file__).resolve().parents[2]
     tok = load_tokenizer(root / "configs/tokenizer/tiny")
