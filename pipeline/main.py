@@ -14,6 +14,7 @@ MLflow run, each step logged exactly once (``pipeline/tracking.py``).
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -130,9 +131,23 @@ def _bcast_flag(flag) -> bool:
     return bool(_broadcast(bool(flag)))
 
 
-def _broadcast(trajs):
-    box = [trajs]
+_handovers = itertools.count()
+
+
+def _broadcast(obj, poll_s: float = 0.05):
+    """Rank 0's ``obj`` on every rank. The other ranks do not wait for rank 0 inside the
+    collective (where the process group's timeout would run during a long rollout): they
+    poll the rendezvous store for a per-hand-over key and enter the broadcast only once
+    rank 0 has set it, i.e. once the data is ready."""
+    box = [obj]
     if dist.get_world_size() > 1:
+        key = f"echo-rl/handover/{next(_handovers)}"
+        store = dist.distributed_c10d._get_default_store()
+        if dist.get_rank() == 0:
+            store.set(key, b"1")
+        else:
+            while not store.check([key]):
+                time.sleep(poll_s)
         dist.broadcast_object_list(box, src=0)
     return box[0]
 

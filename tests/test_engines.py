@@ -173,6 +173,8 @@ def test_vllm_server_engine_against_a_live_server(tmp_path):
         g = engine.submit(prompt, SamplingParams(max_tokens=6)).result()
         assert g.policy_version == 1 and gap(prompt, g) < 1e-3  # the server samples from the new weights
         assert engine.live == [url]
+        assert engine.update_weights(buckets_of(hf, version=2)) == 2  # bounded disk: only the served version stays
+        assert sorted(p.name for p in (tmp_path / "stream").iterdir()) == ["v2"]
         engine.close()
     finally:
         os.killpg(server.pid, signal.SIGTERM)

@@ -59,6 +59,7 @@ def test_tiny_recipe_trains_end_to_end_with_warm_start_and_mlflow(tmp_path, task
     run_id = summary["mlflow_run_id"]
     names = {a.path for a in client.list_artifacts(run_id)} | {a.path for a in client.list_artifacts(run_id, "trajectories")}
     assert {"curves.png", "config.yaml", "trajectories/step_000001.html"} <= names, names
+    assert (rd / "mlartifacts").is_dir() and not (ROOT / "mlruns").exists()  # artifacts under RUN_DIR
     assert client.get_run(run_id).data.params["loss.env_coef"] == "0.05"
     # the HF export loads in transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -92,6 +93,8 @@ def test_kill_9_then_the_same_command_resumes_exactly(tmp_path, task_rootfs):
     assert [s for s, _ in got] == [0, 1, 2, 3]  # every step exactly once, in the same MLflow run
     assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-6, abs=1e-9)
     assert metric(killed, "env_ce_warning")[2][1] > 0  # the compared losses are not trivially 0
+    # bounded disk: learner.keep_checkpoints (2) newest checkpoints are kept
+    assert sorted(p.name for p in (killed / "ckpt").glob("step_*")) == ["step_000003", "step_000004"]
 
 
 @pytest.mark.slow

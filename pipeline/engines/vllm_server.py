@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -141,6 +142,9 @@ class VLLMServerEngine(Engine):
                 raise EngineError(f"vLLM server {url}: weight update to v{version} failed: {e}") from e
         if not self.live:
             raise EngineError(f"no vLLM server left of {self.urls} to load weights v{version}")
+        for old in self.weights_dir.glob("v*"):  # every live server loaded this one: the older go (bounded disk)
+            if old != out and old.is_dir() and old.name[1:].isdigit():
+                shutil.rmtree(old, ignore_errors=True)
         self.policy_version = version
         return version
 

@@ -66,7 +66,10 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def save(learner, directory: str | Path, step: int) -> Path:
+def save(learner, directory: str | Path, step: int, *, keep: int = 0) -> Path:
+    """Write ``step_NNNNNN`` atomically and point ``latest`` at it; with ``keep`` > 0, remove
+    all but the newest ``keep`` checkpoints (after ``latest`` moved: a kill at any point
+    leaves a loadable one)."""
     root = Path(directory)
     name = f"step_{step:06d}"
     final, tmp = root / name, root / f"{name}.tmp"
@@ -87,6 +90,11 @@ def save(learner, directory: str | Path, step: int) -> Path:
         os.replace(tmp, final)
         (root / "latest.tmp").write_text(name)
         os.replace(root / "latest.tmp", root / "latest")
+        if keep:
+            done = sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
+            for old in done[:-keep]:
+                if old != final:
+                    shutil.rmtree(old, ignore_errors=True)
     _barrier()
     return final
 

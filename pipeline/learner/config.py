@@ -28,10 +28,16 @@ class ParallelConfig:
     tensor: int = 1  # tensor-parallel size
     pipeline: int = 1  # pipeline-parallel size; data-parallel = world / (tensor · pipeline)
     backend: str = "auto"  # auto (nccl with a GPU, gloo without) | nccl | gloo
+    # every collective's timeout. No rank waits in one for rollouts (the hand-over polls the
+    # store), but a step's learner collectives and checkpoint writes must fit; the default
+    # also covers a step's rollout (the paper: a 10-minute agent phase + a 2-minute verifier)
+    collective_timeout_s: float = 3600.0
 
     def check(self) -> list[tuple[str, str]]:
         errs = [(n, f"must be ≥ 1, got {getattr(self, n)}") for n in ("tensor", "pipeline")
                 if getattr(self, n) < 1]  # fmt: skip
+        if self.collective_timeout_s <= 0:
+            errs.append(("collective_timeout_s", f"must be > 0, got {self.collective_timeout_s}"))
         if self.backend not in ("auto", "nccl", "gloo"):
             errs.append(("backend", f"must be auto, nccl or gloo, got {self.backend!r}"))
         return errs
@@ -71,6 +77,7 @@ class LearnerConfig:
     logprob_chunk_rows: int = 64  # rows per chunk of the chunked log-prob kernel
     temperature: float = 1.0  # logits ÷ T before log-softmax, for BOTH loss terms (ref code: 0.8)
     checkpoint_every: int = 0  # steps between checkpoints (0 = only at the end)
+    keep_checkpoints: int = 2  # the newest N checkpoints are kept, older ones removed (0 = keep all)
     on_nonfinite: str = "stop"  # a non-finite loss: stop (raise, say where) | skip (no update, counted)
 
     def check(self) -> list[tuple[str, str]]:
@@ -85,6 +92,8 @@ class LearnerConfig:
             errs.append(("temperature", f"must be > 0, got {self.temperature}"))
         if self.on_nonfinite not in ("stop", "skip"):
             errs.append(("on_nonfinite", f"must be stop or skip, got {self.on_nonfinite!r}"))
+        if self.keep_checkpoints < 0:
+            errs.append(("keep_checkpoints", f"must be ≥ 0, got {self.keep_checkpoints}"))
         if self.checkpoint_every < 0:
             errs.append(("checkpoint_every", f"must be ≥ 0, got {self.checkpoint_every}"))
         return errs

@@ -64,7 +64,8 @@ class Learner:
         seed: int = 1234,
     ):
         self.cfg, self.loss_cfg = learner_cfg, loss_cfg
-        self.topo = init_parallel(parallel_cfg.tensor, parallel_cfg.pipeline, backend=parallel_cfg.backend, seed=seed)
+        self.topo = init_parallel(parallel_cfg.tensor, parallel_cfg.pipeline, backend=parallel_cfg.backend, seed=seed,
+                                  timeout_s=parallel_cfg.collective_timeout_s)  # fmt: skip
         self.device = torch.device("cuda", torch.cuda.current_device()) if self.topo.on_gpu else torch.device("cpu")
         self.hf = load_hf_config(model_cfg.hf_config)
         dtype = torch.bfloat16 if model_cfg.dtype == "bfloat16" else torch.float32
@@ -260,7 +261,7 @@ class Learner:
 
     # ---- checkpoints ----------------------------------------------------------------
     def save(self, directory: str, step: int | None = None) -> None:
-        checkpoint.save(self, directory, self.step if step is None else step)
+        checkpoint.save(self, directory, self.step if step is None else step, keep=self.cfg.keep_checkpoints)
 
     def load(self, directory: str, *, model_only: bool = False) -> int:
         """Resume from the latest checkpoint in ``directory`` (``model_only``: weights only)."""

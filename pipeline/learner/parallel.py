@@ -39,7 +39,7 @@ class Topology:
         return self.pp_rank == self.pp - 1
 
 
-def init_parallel(tp: int, pp: int, *, backend: str = "auto", seed: int = 1234, timeout_s: int = 600) -> Topology:
+def init_parallel(tp: int, pp: int, *, backend: str = "auto", seed: int = 1234, timeout_s: float = 3600) -> Topology:
     on_gpu = torch.cuda.is_available() and backend != "gloo"
     if backend == "auto":
         backend = "nccl" if on_gpu else "gloo"
