@@ -146,42 +146,33 @@ def run_eval_command(cfg, ckpt: str, out: str) -> int:
 
     import torch.distributed as dist
 
-    from pipeline.engines import make_engine
     from pipeline.learner.learner import Learner
-    from pipeline.rollout.chat import ChatFormat, load_tokenizer
-    from pipeline.sandbox import make_backend
+    from pipeline.learner.parallel import handover
+    from pipeline.rollout.rollouter import Rollouter
     from pipeline.tasks.sets import TaskSampler
-    from pipeline.weights.sync import export_hf_dir, sync_engine
+    from pipeline.weights.sync import export_hf_dir
 
     out_dir = Path(out or f"{Path(ckpt).resolve().parent}/eval-{Path(ckpt).name}")
     out_dir.mkdir(parents=True, exist_ok=True)
     learner = Learner(replace(cfg.model, load=ckpt, warmstart_steps=0), cfg.parallel, cfg.optim, cfg.learner,
                       cfg.loss, seed=cfg.run.seed)  # fmt: skip
-    tok = load_tokenizer(cfg.model.tokenizer)
-    chat = ChatFormat(tok, template_kwargs=cfg.rollout.template_kwargs)
     export_hf_dir(learner, out_dir / "engine_model", tokenizer_dir=cfg.model.tokenizer)
     rank0 = dist.get_rank() == 0
-    engine = make_engine(cfg.engine, out_dir / "engine_model", logprob_temperature=cfg.learner.temperature,
-                         seed=cfg.run.seed, max_model_len=cfg.rollout.max_context_tokens) if rank0 else None  # fmt: skip
+    ro = Rollouter.from_config(cfg, out_dir / "engine_model") if rank0 else Rollouter(None, None, cfg.rollout, cfg.sandbox)
     try:
-        sync_engine(learner, engine)
+        ro.update_weights(learner)
         metrics, probe = {}, None
         if rank0:
-            backend = make_backend(cfg.sandbox)
             tasks = TaskSampler(cfg.tasks, out_dir / "tasks", cfg.run.seed).eval_tasks()
-            metrics, rows, _ = eval_rollouts(tasks, engine, backend, chat, cfg.rollout, cfg.sandbox, cfg.eval, step=0)
+            metrics, rows, _ = ro.evaluate(tasks, cfg.eval, step=0)
             write_table(rows, out_dir / "pass_at_k.md")
             if cfg.eval.probe:
                 path = Path(cfg.eval.probe_set) if cfg.eval.probe_set else out_dir / "probe_expert.jsonl"
-                probe = expert_probe_set(path, tasks, chat, backend, cfg.rollout, cfg.sandbox)
+                probe = ro.probe_set(path, tasks)
         if cfg.eval.probe:
-            box = [probe]
-            if dist.get_world_size() > 1:
-                dist.broadcast_object_list(box, src=0)
-            metrics.update(world_model_probe(learner, box[0], cfg.learner.micro_batch_tokens))
+            metrics.update(world_model_probe(learner, handover(probe), cfg.learner.micro_batch_tokens))
     finally:
-        if engine is not None:
-            engine.close()
+        ro.close()
     if rank0:
         for k, v in sorted(metrics.items()):
             print(f"{k:>36}: {v:.4f}")

@@ -85,6 +85,10 @@ def plan(cfg, recipe: str, overrides: list[str], hosts: list[str], *, job_id: st
                      "--port", str(port), "--timeout", f"{c.server_start_timeout_s:g}", "--",
                      "--tensor-parallel-size", str(c.vllm_tensor_parallel),
                      "--max-model-len", str(cfg.rollout.max_context_tokens), *c.vllm_args]  # fmt: skip
+            if not gpus and not {"--kv-cache-memory-bytes", "--gpu-memory-utilization"} & set(c.vllm_args):
+                # a CPU server sizes its KV cache from its NUMA node, which can be a fraction of
+                # the machine: a fixed 1 GiB unless the recipe says otherwise
+                argv += ["--kv-cache-memory-bytes", str(1 << 30)]
             steps.append(Step("rollout", host, argv, logs / f"rollout-{host}-{k}.log", url))
     server_urls = "engine.server_urls=[" + ",".join(f'"{u}"' for u in urls) + "]"
     learner = ["srun", "--overlap", f"--nodes={len(learners)}", "--ntasks-per-node=1", f"--nodelist={','.join(learners)}",

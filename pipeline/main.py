@@ -14,7 +14,6 @@ MLflow run, each step logged exactly once (``pipeline/tracking.py``).
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
 from pathlib import Path
@@ -23,17 +22,17 @@ import torch.distributed as dist
 
 from pipeline.advantages import group_advantages
 from pipeline.config import Config, flat_params, to_yaml
-from pipeline.engines import make_engine
-from pipeline.evaluate import eval_rollouts, expert_probe_set, world_model_probe, write_table
+from pipeline.evaluate import world_model_probe, write_table
 from pipeline.learner import checkpoint
 from pipeline.learner.learner import Learner
-from pipeline.rollout.chat import ChatFormat, load_tokenizer
-from pipeline.rollout.loop import passes_filters, rollout_metrics, run_rollouts
-from pipeline.sandbox import make_backend
+from pipeline.learner.parallel import handover
+from pipeline.rollout.chat import load_tokenizer
+from pipeline.rollout.loop import passes_filters, rollout_metrics
+from pipeline.rollout.rollouter import Rollouter
 from pipeline.tasks.sets import TaskSampler
 from pipeline.tracking import Tracker
 from pipeline.trajectory import pack_micro_batches, save_jsonl
-from pipeline.weights.sync import export_hf_dir, sync_engine
+from pipeline.weights.sync import export_hf_dir
 
 
 class RunError(RuntimeError):
@@ -55,24 +54,21 @@ def train(cfg: Config) -> dict:
             print(f"resuming from {ckpt_dir} at step {learner.step}", flush=True)
     rank0 = dist.get_rank() == 0
     tok = load_tokenizer(cfg.model.tokenizer)
-    chat = ChatFormat(tok, template_kwargs=cfg.rollout.template_kwargs)
     sampler = TaskSampler(cfg.tasks, run_dir / "tasks", cfg.run.seed)
     export_hf_dir(learner, run_dir / "engine_model", tokenizer_dir=cfg.model.tokenizer)
-    engine = backend = tracker = None
+    tracker = None
+    # rank 0 rolls out; the other learner ranks only take part in the weight updates
+    ro = Rollouter(None, None, cfg.rollout, cfg.sandbox)
     if rank0:
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
-        backend = make_backend(cfg.sandbox)
-        backend.reap_orphans()
-        engine = make_engine(cfg.engine, run_dir / "engine_model", logprob_temperature=cfg.learner.temperature,
-                             seed=cfg.run.seed, pad_token_id=tok.pad_token_id or 0,
-                             max_model_len=cfg.rollout.max_context_tokens)  # fmt: skip
+        ro = Rollouter.from_config(cfg, run_dir / "engine_model", reap=True)
         tracker = Tracker(cfg.tracking, run_dir, cfg.run.name, flat_params(cfg))
         tracker.log_artifact(run_dir / "config.yaml")
     eval_tasks = sampler.eval_tasks() if rank0 else []
     try:
-        sync_engine(learner, engine)
+        ro.update_weights(learner)
         if learner.step == 0 and cfg.eval.every and not _bcast_flag(tracker and tracker.has_step("eval/pass_at_1", 0)):
-            ev = _evaluate(cfg, learner, engine, backend, chat, eval_tasks, tracker, run_dir, step=0)
+            ev = _evaluate(cfg, learner, ro, eval_tasks, tracker, run_dir, step=0)
             if tracker:  # evaluations are logged at the weights version they measured
                 tracker.log_step(0, ev)
                 tracker.commit()
@@ -81,11 +77,10 @@ def train(cfg: Config) -> dict:
             trajs = None
             if rank0:
                 tasks = sampler.for_step(step, cfg.rollout.tasks_per_step)
-                trajs = run_rollouts(tasks, engine, backend, chat, cfg.rollout, cfg.sandbox, step=step,
-                                     seed=cfg.run.seed * 1_000_003 + step)  # fmt: skip
+                trajs = ro.train_batch(tasks, step, seed=cfg.run.seed * 1_000_003 + step)
                 (run_dir / "trajectories").mkdir(exist_ok=True)
                 save_jsonl(trajs, run_dir / "trajectories" / f"step_{step:06d}.jsonl")
-            trajs = _broadcast(trajs)
+            trajs = handover(trajs)
             t_rollout = time.perf_counter() - t0
             metrics = rollout_metrics(trajs)
             if metrics["rollout/infra_error_frac"] > cfg.run.max_infra_error_frac:
@@ -101,12 +96,12 @@ def train(cfg: Config) -> dict:
                                         pad_token_id=tok.pad_token_id or 0)  # fmt: skip
             metrics.update(learner.train_step(shards[learner.topo.dp_rank], step))
             t2 = time.perf_counter()
-            sync_engine(learner, engine)
+            ro.update_weights(learner)
             t3 = time.perf_counter()
             metrics.update({"time/rollout_s": t_rollout, "time/learner_s": t2 - t1, "time/sync_s": t3 - t2})
             ev = {}
             if cfg.eval.every and (step + 1) % cfg.eval.every == 0 or step + 1 == cfg.run.steps:
-                ev = _evaluate(cfg, learner, engine, backend, chat, eval_tasks, tracker, run_dir, learner.step)
+                ev = _evaluate(cfg, learner, ro, eval_tasks, tracker, run_dir, learner.step)
             metrics["time/step_s"] = time.perf_counter() - t0
             if rank0:
                 tracker.log_step(step, metrics)
@@ -120,51 +115,29 @@ def train(cfg: Config) -> dict:
                     tracker.commit()
         summary = _finish(cfg, learner, tracker, run_dir)
     finally:
-        if engine is not None:
-            engine.close()
+        ro.close()
         if tracker is not None:
             tracker.close()
     return summary
 
 
 def _bcast_flag(flag) -> bool:
-    return bool(_broadcast(bool(flag)))
+    return bool(handover(bool(flag)))
 
 
-_handovers = itertools.count()
-
-
-def _broadcast(obj, poll_s: float = 0.05):
-    """Rank 0's ``obj`` on every rank. The other ranks do not wait for rank 0 inside the
-    collective (where the process group's timeout would run during a long rollout): they
-    poll the rendezvous store for a per-hand-over key and enter the broadcast only once
-    rank 0 has set it, i.e. once the data is ready."""
-    box = [obj]
-    if dist.get_world_size() > 1:
-        key = f"echo-rl/handover/{next(_handovers)}"
-        store = dist.distributed_c10d._get_default_store()
-        if dist.get_rank() == 0:
-            store.set(key, b"1")
-        else:
-            while not store.check([key]):
-                time.sleep(poll_s)
-        dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _evaluate(cfg, learner, engine, backend, chat, eval_tasks, tracker, run_dir, step) -> dict:
+def _evaluate(cfg, learner, ro, eval_tasks, tracker, run_dir, step) -> dict:
     """pass@k (rank 0 rolls out) and the world-model probe (all learner ranks)."""
     metrics, probe = {}, None
     if dist.get_rank() == 0:
-        metrics, rows, _ = eval_rollouts(eval_tasks, engine, backend, chat, cfg.rollout, cfg.sandbox, cfg.eval, step=step)
+        metrics, rows, _ = ro.evaluate(eval_tasks, cfg.eval, step)
         (run_dir / "eval").mkdir(exist_ok=True)
         write_table(rows, run_dir / "eval" / f"step_{step:06d}.md")
         tracker.log_artifact(run_dir / "eval" / f"step_{step:06d}.md", "eval")
         if cfg.eval.probe:
             path = Path(cfg.eval.probe_set) if cfg.eval.probe_set else run_dir / "probe_expert.jsonl"
-            probe = expert_probe_set(path, eval_tasks, chat, backend, cfg.rollout, cfg.sandbox)
+            probe = ro.probe_set(path, eval_tasks)
     if cfg.eval.probe:
-        metrics.update(world_model_probe(learner, _broadcast(probe), cfg.learner.micro_batch_tokens))
+        metrics.update(world_model_probe(learner, handover(probe), cfg.learner.micro_batch_tokens))
     return metrics
 
 

@@ -106,6 +106,7 @@ class World:
     def __init__(self, mc: MicrocosmConfig, seed: int):
         from pipeline.rollout.loop import RolloutConfig
         from pipeline.rollout.plain import PlainFormat
+        from pipeline.rollout.rollouter import Rollouter
         from pipeline.sandbox.base import SandboxConfig
         from pipeline.sandbox.maze import MazeBackend
         from pipeline.tasks.maze import DIRECTIONS, INVALID, maze_tasks, maze_tokenizer
@@ -120,6 +121,7 @@ class World:
         self.rollout = RolloutConfig(group_size=mc.group_size, tasks_per_step=mc.tasks_per_step, max_turns=mc.max_turns,
                                      temperature=mc.temperature, max_tokens_per_turn=2,
                                      max_context_tokens=mc.max_turns * 8 + 96, max_concurrent_episodes=256)  # fmt: skip
+        self.ro = Rollouter(self.chat, self.backend, self.rollout, self.sandbox)  # engines vary: passed per call
         tasks = self.root / "tasks" / f"seed{seed}"
         base = 1_000_000 * (seed + 1)  # disjoint maze streams: eval, probe, data, per-step
         self.tasks = lambda sizes, n, offset: maze_tasks(sizes, n, tasks / str(offset), seed=base + offset)
@@ -131,7 +133,6 @@ class World:
         """Trajectories of a reference policy: ``bfs`` expert, ``random`` walk, or ``walk`` (a random
         walk that does not turn straight back unless at a dead end)."""
         from pipeline.engines.maze import MazeExpertEngine, RandomWalkEngine, distinct_batches
-        from pipeline.rollout.loop import run_rollouts
 
         out = []
         batches = distinct_batches(tasks) if policy == "bfs" else [tasks]
@@ -140,17 +141,13 @@ class World:
                       else RandomWalkEngine(self.tok, self.chat.stop_token_id, seed=self.seed,
                                             no_reversal=policy == "walk"))  # fmt: skip
             try:
-                out += run_rollouts(batch, engine, self.backend, self.chat, self.rollout, self.sandbox, group_size=1,
-                                    progress=False)  # fmt: skip
+                out += self.ro.rollouts(batch, engine=engine, group_size=1)
             finally:
                 engine.close()
         return out
 
     def rollouts(self, engine, tasks, group_size: int, step: int):
-        from pipeline.rollout.loop import run_rollouts
-
-        return run_rollouts(tasks, engine, self.backend, self.chat, self.rollout, self.sandbox, group_size=group_size,
-                            step=step, seed=self.seed * 7919 + step, progress=False)  # fmt: skip
+        return self.ro.rollouts(tasks, engine=engine, group_size=group_size, step=step, seed=self.seed * 7919 + step)
 
 
 class Agent:

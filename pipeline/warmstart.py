@@ -28,9 +28,7 @@ LR = 3e-3
 
 def expert_trajectories(cfg, out_dir: Path):
     from pipeline.engines.expert import ExpertEngine
-    from pipeline.rollout.chat import ChatFormat, load_tokenizer
-    from pipeline.rollout.loop import run_rollouts
-    from pipeline.sandbox import make_backend
+    from pipeline.rollout.rollouter import Rollouter
     from pipeline.tasks.formats import load_task
     from pipeline.tasks.generator import FAMILIES, generate
     from pipeline.trajectory import load_jsonl, save_jsonl
@@ -40,11 +38,10 @@ def expert_trajectories(cfg, out_dir: Path):
         return load_jsonl(cache)
     families = sorted(cfg.tasks.families or FAMILIES)
     tasks = [load_task(d) for d in generate(families, INSTANCES_PER_FAMILY, out_dir / "tasks", seed=SEED_OFFSET + cfg.run.seed)]
-    tok = load_tokenizer(cfg.model.tokenizer)
-    chat = ChatFormat(tok, template_kwargs=cfg.rollout.template_kwargs)
-    engine = ExpertEngine(tok, tasks, chat.stop_token_id)
+    ro = Rollouter.from_config(cfg)
+    engine = ExpertEngine(ro.tok, tasks, ro.chat.stop_token_id)
     try:
-        trajs = run_rollouts(tasks, engine, make_backend(cfg.sandbox), chat, cfg.rollout, cfg.sandbox, group_size=1)
+        trajs = ro.rollouts(tasks, engine=engine, group_size=1, progress=True)
     finally:
         engine.close()
     bad = [t.task_id for t in trajs if t.infra_error or t.reward < 1.0]
@@ -60,6 +57,7 @@ def build_warmstart(cfg) -> Path:
     import torch.distributed as dist
 
     from pipeline.learner.learner import Learner
+    from pipeline.learner.parallel import handover
     from pipeline.losses import LossConfig
     from pipeline.trajectory import pack_micro_batches
 
@@ -69,11 +67,7 @@ def build_warmstart(cfg) -> Path:
                     min_lr=LR / 10, grad_clip=1.0)  # fmt: skip
     learner = Learner(replace(cfg.model, load=""), cfg.parallel, optim, cfg.learner, LossConfig(mode="sft", env_coef=0.0),
                       seed=cfg.run.seed)  # fmt: skip
-    trajs = expert_trajectories(cfg, work) if dist.get_rank() == 0 else None
-    if dist.get_world_size() > 1:
-        box = [trajs]
-        dist.broadcast_object_list(box, src=0)
-        trajs = box[0]
+    trajs = handover(expert_trajectories(cfg, work) if dist.get_rank() == 0 else None)
     rng = random.Random(cfg.run.seed)
     t0 = time.perf_counter()
     for step in range(cfg.model.warmstart_steps):

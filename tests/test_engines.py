@@ -136,7 +136,7 @@ def test_vllm_server_engine_against_a_live_server(tmp_path):
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tmp_path / "m"), "--dtype", "float32",
-         "--enforce-eager", "--gpu-memory-utilization", "0.1", "--max-model-len", "512", "--port", str(port),
+         "--enforce-eager", "--kv-cache-memory-bytes", str(512 << 20), "--max-model-len", "512", "--port", str(port),
          "--worker-extension-cls", "pipeline.engines.vllm.WeightLoader"],
         env=dict(os.environ, VLLM_SERVER_DEV_MODE="1"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,

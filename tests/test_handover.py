@@ -22,7 +22,7 @@ def _port() -> int:
 def _worker(rank: int, port: int, plain: bool, out):
     import torch.distributed as dist
 
-    from pipeline.main import _broadcast
+    from pipeline.learner.parallel import handover as _broadcast
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2, timeout=timedelta(seconds=3))

@@ -71,3 +71,17 @@ def test_pipeline_imports_nothing_from_tools():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []  # fmt: skip
             assert not any(m == "tools" or m.startswith("tools.") for m in mods), f"{path} imports {mods}"
         assert '"tools"' not in path.read_text(), f"{path} names the tools/ directory by path"
+
+
+def test_engines_and_the_vllm_weight_loader_do_not_import_megatron():
+    """The vLLM workers import ``pipeline.engines.vllm`` (their weight loader): the bucket
+    types live in a torch-only leaf, so Megatron never loads there."""
+    code = ("import sys; import pipeline.engines.base, pipeline.engines.vllm_server, pipeline.weights.buckets; "
+            "import importlib.util as u; u.find_spec('vllm') and __import__('pipeline.engines.vllm'); "
+            "print(sorted(m for m in sys.modules if m.startswith('megatron')))")  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr[-2000:]
+    control = subprocess.run([sys.executable, "-c", "import sys, pipeline.weights.stream; "
+                              "print(any(m.startswith('megatron') for m in sys.modules))"],
+                             capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    assert control.stdout.strip() == "True"  # the stream (learner side) does load it: the probe sees it

@@ -24,7 +24,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from pipeline.weights.stream import StreamChecksum, WeightBucket
+from pipeline.weights.buckets import StreamChecksum, WeightBucket
 
 
 @dataclass

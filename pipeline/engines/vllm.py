@@ -68,6 +68,14 @@ class VLLMEngine(BatchingEngine):
         kwargs = dict(dtype="float32", enforce_eager=True, gpu_memory_utilization=0.1, seed=seed,
                       skip_tokenizer_init=True, logprobs_mode=mode,
                       worker_extension_cls=f"{__name__}.WeightLoader", max_model_len=max_model_len)  # fmt: skip
+        import torch
+
+        if not torch.cuda.is_available() and "gpu_memory_utilization" not in llm_kwargs:
+            # vLLM's CPU worker sizes the KV cache as a fraction of its NUMA node minus what
+            # the process already holds; on a small node 0.1 is less than the process itself
+            # (a negative budget). A fixed cache is what the tiny models need.
+            kwargs.pop("gpu_memory_utilization")
+            kwargs.setdefault("kv_cache_memory_bytes", 512 << 20)
         kwargs.update(llm_kwargs)
         self.llm = LLM(model=str(hf_dir), **kwargs)
         super().__init__(max_batch, batch_wait_ms)

@@ -8,7 +8,9 @@ of them set runs as world size 1.
 
 from __future__ import annotations
 
+import itertools
 import os
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -83,3 +85,24 @@ def shutdown() -> None:
         parallel_state.destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+_handovers = itertools.count()
+
+
+def handover(obj, poll_s: float = 0.05):
+    """Rank 0's ``obj`` on every rank. The other ranks do not wait for rank 0 inside the
+    collective, where the process group's timeout runs during a long rollout: they poll the
+    rendezvous store for a per-hand-over key and enter the broadcast only once rank 0 has
+    set it, i.e. once the data is ready. Every rank must call it the same number of times."""
+    box = [obj]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        key = f"echo-rl/handover/{next(_handovers)}"
+        store = dist.distributed_c10d._get_default_store()  # the rendezvous store (torch-private name)
+        if dist.get_rank() == 0:
+            store.set(key, b"1")
+        else:
+            while not store.check([key]):
+                time.sleep(poll_s)
+        dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -25,9 +25,6 @@ learner's next optimizer step, which the ordering contract guarantees.
 
 from __future__ import annotations
 
-import hashlib
-import zlib
-from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
@@ -35,35 +32,8 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 
 from pipeline.weights import qwen3
+from pipeline.weights.buckets import StreamChecksum, WeightBucket, tensor_crc  # noqa: F401  (re-exported)
 from pipeline.weights.tp import gather_tp
-
-
-@dataclass
-class WeightBucket:
-    version: int  # optimizer steps contained in these weights
-    index: int  # position in this version's stream
-    items: list[tuple[str, torch.Tensor]]  # (HF name, full tensor)
-    last: bool = False  # the final bucket of this version
-    checksum: str = ""  # on the last bucket: checksum of every tensor of the version
-    nbytes: int = field(default=0)
-
-
-def tensor_crc(t: torch.Tensor) -> int:
-    data = t.detach().contiguous().cpu().view(torch.uint8).numpy()
-    return zlib.crc32(memoryview(data))
-
-
-class StreamChecksum:
-    """Order-sensitive digest over (name, shape, dtype, crc32 of bytes) of each tensor."""
-
-    def __init__(self) -> None:
-        self._h = hashlib.sha256()
-
-    def update(self, name: str, t: torch.Tensor) -> None:
-        self._h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|{tensor_crc(t)};".encode())
-
-    def hexdigest(self) -> str:
-        return self._h.hexdigest()
 
 
 def _local_hf_tensors(model, hf: dict, tp_group, tp_size: int, layer_offset: int):

@@ -1,0 +1,89 @@
+"""The rollout component: one object that owns what every rollout needs — the tokenizer
+and its format, the sandbox backend, the generation engine and the sampling config — so
+training, ``echo-rl eval``, the warm start and the microcosm set it up one way.
+
+Where it sits: main / evaluate / warmstart / microcosm → **Rollouter** →
+``run_rollouts`` (agent loop, sandboxes, verifier) → trajectories; and learner →
+``Rollouter.update_weights`` → engine.
+
+    ro = Rollouter.from_config(cfg, engine_dir)          # rank 0 of a training run
+    trajs = ro.train_batch(tasks, step, seed)
+    metrics, rows, trajs = ro.evaluate(tasks, cfg.eval, step)
+    probe = ro.probe_set(path, tasks)
+    ro.update_weights(learner)                            # every learner rank calls it
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+
+class Rollouter:
+    def __init__(self, chat, backend, rollout_cfg, sandbox_cfg, engine=None):
+        self.chat, self.backend, self.engine = chat, backend, engine
+        self.rollout_cfg, self.sandbox_cfg = rollout_cfg, sandbox_cfg
+
+    @classmethod
+    def from_config(cls, cfg, engine_dir: Path | None = None, *, reap: bool = False) -> "Rollouter":
+        """From a run's config: the tokenizer and chat format of ``cfg.model`` /
+        ``cfg.rollout``, the backend of ``cfg.sandbox`` (``reap``: remove what killed
+        trainers left), and, given ``engine_dir`` (an HF dir of the current weights), the
+        engine of ``cfg.engine``."""
+        from pipeline.engines import make_engine
+        from pipeline.rollout.chat import ChatFormat, load_tokenizer
+        from pipeline.sandbox import make_backend
+
+        tok = load_tokenizer(cfg.model.tokenizer)
+        chat = ChatFormat(tok, template_kwargs=cfg.rollout.template_kwargs)
+        backend = make_backend(cfg.sandbox)
+        if reap:
+            backend.reap_orphans()
+        engine = None
+        if engine_dir is not None:
+            engine = make_engine(cfg.engine, engine_dir, logprob_temperature=cfg.learner.temperature,
+                                 seed=cfg.run.seed, pad_token_id=tok.pad_token_id or 0,
+                                 max_model_len=cfg.rollout.max_context_tokens)  # fmt: skip
+        return cls(chat, backend, cfg.rollout, cfg.sandbox, engine)
+
+    @property
+    def tok(self):
+        return self.chat.tok
+
+    def rollouts(self, tasks, *, engine=None, group_size: int | None = None, step: int = 0, seed: int = 0,
+                 temperature: float | None = None, progress: bool = False):  # fmt: skip
+        """Episodes of ``tasks`` with ``engine`` (default: this one's)."""
+        from pipeline.rollout.loop import run_rollouts
+
+        rc = self.rollout_cfg if temperature is None else replace(self.rollout_cfg, temperature=temperature)
+        return run_rollouts(tasks, engine or self.engine, self.backend, self.chat, rc, self.sandbox_cfg,
+                            group_size=group_size, step=step, seed=seed, progress=progress)  # fmt: skip
+
+    def train_batch(self, tasks, step: int, seed: int):
+        """A training step's groups (``rollout.group_size`` episodes per task)."""
+        return self.rollouts(tasks, step=step, seed=seed, progress=True)
+
+    def evaluate(self, tasks, eval_cfg, step: int):
+        """pass@k on held-out tasks: (metrics, per-task rows, trajectories)."""
+        from pipeline.evaluate import eval_rollouts
+
+        return eval_rollouts(tasks, self.engine, self.backend, self.chat, self.rollout_cfg, self.sandbox_cfg, eval_cfg,
+                             step=step)  # fmt: skip
+
+    def probe_set(self, path: Path, tasks):
+        """The world-model probe's expert trajectories (cached at ``path``)."""
+        from pipeline.evaluate import expert_probe_set
+
+        return expert_probe_set(path, tasks, self.chat, self.backend, self.rollout_cfg, self.sandbox_cfg)
+
+    def update_weights(self, learner) -> None:
+        """The learner's weights to the engine (every learner rank calls it; rank 0 holds
+        the engine)."""
+        from pipeline.weights.sync import sync_engine
+
+        sync_engine(learner, self.engine)
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
