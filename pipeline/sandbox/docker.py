@@ -74,6 +74,20 @@ def _tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def _discard(containers, network=None) -> None:
+    """Remove an episode's containers and its service network, whatever state they are in."""
+    for c in containers:
+        try:
+            c.remove(force=True)
+        except Exception:
+            pass
+    if network is not None:
+        try:
+            network.remove()
+        except Exception:
+            pass
+
+
 def _context_digest(context: Path, extra: str) -> str:
     digest = hashlib.sha256(extra.encode())
     for rel, data in sorted(_tree(context).items()):
@@ -244,16 +258,7 @@ class DockerSandbox(Sandbox):
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            for c in [self.container, *self.side]:
-                try:
-                    c.remove(force=True)
-                except Exception:
-                    pass
-            if self.network is not None:
-                try:
-                    self.network.remove()
-                except Exception:
-                    pass
+            _discard([self.container, *self.side], self.network)
 
 
 class DockerBackend(SandboxBackend):
@@ -357,10 +362,7 @@ class DockerBackend(SandboxBackend):
                        "/logs/verifier": "size=64m,mode=0755"}, **extra,
             )  # fmt: skip
         except Exception as e:
-            for c in side:
-                c.remove(force=True)
-            if network is not None:
-                network.remove()
+            _discard(side, network)
             raise SandboxError(f"container start failed ({image}): {e}") from e
         attrs = container.attrs.get("Config") or {}
         image_env = dict(e.split("=", 1) for e in attrs.get("Env") or [] if "=" in e)
@@ -434,9 +436,7 @@ class DockerBackend(SandboxBackend):
                     networking_config={name: self.client.api.create_endpoint_config(aliases=[svc.name])}, **kw,
                 ))  # fmt: skip
         except Exception as e:
-            for c in side:
-                c.remove(force=True)
-            network.remove()
+            _discard(side, network)
             if isinstance(e, SandboxError):
                 raise
             raise SandboxError(f"task {task.task_id}: starting its compose services failed: {e}") from e
