@@ -138,19 +138,31 @@ def policy_gradient_loss(
     reduction: str = "token_mean",
     ref_logprobs: torch.Tensor | None = None,
     kl_coef: float = 0.0,
+    tis_cap: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped importance-ratio policy gradient on ACTION tokens. All inputs flat [N];
-    ``advantages`` per sequence [num_sequences]; ``sampler_logprobs`` may be nan off-action."""
+    ``advantages`` per sequence [num_sequences]; ``sampler_logprobs`` may be nan off-action.
+
+    ``tis_cap`` > 0: truncated importance sampling against the behaviour (sampler) policy
+    instead: the clipped ratio is taken against the learner's own current policy (one
+    update per batch: value 1, gradient ∇log p) and each token is weighted by
+    ``min(p_learner / p_sampler, tis_cap)`` (detached), as in the published TIS recipes."""
     if reduction not in PG_REDUCTIONS:
         raise ValueError(f"pg_reduction must be one of {PG_REDUCTIONS}, got {reduction!r}")
     action = roles == int(Role.ACTION)
     old = torch.where(action, sampler_logprobs.to(logprobs.dtype), logprobs.detach())
     log_ratio = torch.where(action, logprobs - old, torch.zeros_like(logprobs))
-    ratio = torch.exp(log_ratio)
+    is_weight = torch.ones_like(logprobs)
+    if tis_cap > 0:
+        prox = logprobs.detach()
+        ratio = torch.exp(torch.where(action, logprobs - prox, torch.zeros_like(logprobs)))
+        is_weight = torch.where(action, torch.exp(log_ratio.detach()).clamp(max=tis_cap), is_weight)
+    else:
+        ratio = torch.exp(log_ratio)
     adv = advantages.to(logprobs.dtype)[sequence_ids]
     unclipped = -adv * ratio
     clipped = -adv * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
-    per_token = torch.maximum(unclipped, clipped)
+    per_token = is_weight * torch.maximum(unclipped, clipped)
     kl = torch.zeros_like(logprobs)
     if ref_logprobs is not None and kl_coef != 0.0:
         d = torch.where(action, ref_logprobs.to(logprobs.dtype) - logprobs, torch.zeros_like(logprobs))
@@ -175,6 +187,9 @@ def policy_gradient_loss(
             # mean (learner - sampler) log-prob on ACTION tokens: the mismatch to watch
             "logprob_gap": log_ratio.detach().sum() / n_act,
             "logprob_abs_gap": log_ratio.detach().abs().sum() / n_act,
+            # share of ACTION tokens whose importance weight was truncated at loss.tis_cap
+            "tis_truncated_frac": ((torch.exp(log_ratio.detach()) > tis_cap) & action).sum() / n_act if tis_cap > 0
+            else torch.zeros((), dtype=logprobs.dtype, device=logprobs.device),
         }
     return loss, metrics
 
@@ -241,13 +256,14 @@ def packed_echo_loss(
     ref_logprobs: torch.Tensor | None = None,
     kl_coef: float = 0.0,
     sft_coef: float = 0.0,
+    tis_cap: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The ECHO objective on flat packed tensors [N] with per-token ``sequence_ids``
     (plus ``sft_coef`` × the ACTION-token CE, for imitation)."""
     pg, pg_metrics = policy_gradient_loss(
         logprobs, sampler_logprobs, advantages, roles, sequence_ids, num_sequences, counts,
         clip_low=clip_low, clip_high=clip_high, reduction=pg_reduction,
-        ref_logprobs=ref_logprobs, kl_coef=kl_coef,
+        ref_logprobs=ref_logprobs, kl_coef=kl_coef, tis_cap=tis_cap,
     )  # fmt: skip
     env_ce, env_metrics = env_cross_entropy(
         logprobs, roles, sequence_ids, num_sequences, counts,
@@ -277,6 +293,7 @@ def echo_loss(
     ref_logprobs: torch.Tensor | None = None,
     kl_coef: float = 0.0,
     counts: LossCounts | None = None,
+    tis_cap: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """ECHO for your own trainer. ``logprobs``, ``sampler_logprobs``, ``roles``: [B, T],
     aligned (``roles[b, t]`` is the role of the token whose log-prob is ``logprobs[b, t]``;
@@ -297,7 +314,7 @@ def echo_loss(
         flat(logprobs), flat(sampler_logprobs), advantages, flat(roles), sequence_ids, B,
         counts, env_coef=env_coef, pg_coef=pg_coef, clip_low=clip_low, clip_high=clip_high,
         env_targets=env_targets, env_normalizer=env_normalizer, pg_reduction=pg_reduction,
-        ref_logprobs=flat(ref_logprobs), kl_coef=kl_coef,
+        ref_logprobs=flat(ref_logprobs), kl_coef=kl_coef, tis_cap=tis_cap,
     )  # fmt: skip
 
 
@@ -334,6 +351,7 @@ class LossConfig:
     clip_low: float = 0.2  # ratio clipped below at 1 - clip_low
     clip_high: float = 0.2  # ratio clipped above at 1 + clip_high
     pg_reduction: str = "token_mean"  # token_mean (over the step's action tokens) | sequence_mean
+    tis_cap: float = 0.0  # > 0: truncated importance sampling vs the sampler (weights capped here), for rollout.max_staleness ≥ 1; 0 = off
     # (no kl_coef: no reference policy is built, so a KL knob here would do nothing; the
     # paper trains without one. echo_loss takes ref_logprobs/kl_coef for who brings one.)
 
@@ -362,7 +380,7 @@ class LossConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 errs.append((name, f"must be one of {list(allowed)}, got {getattr(self, name)!r}"))
-        for name in ("env_coef", "env_coef_start"):
+        for name in ("env_coef", "env_coef_start", "tis_cap"):
             if getattr(self, name) < 0:
                 errs.append((name, f"must be ≥ 0, got {getattr(self, name)}"))
         for name in ("clip_low", "clip_high"):

@@ -14,6 +14,7 @@ MLflow run, each step logged exactly once (``pipeline/tracking.py``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -28,10 +29,11 @@ from pipeline.learner.learner import Learner
 from pipeline.learner.parallel import handover
 from pipeline.rollout.chat import load_tokenizer
 from pipeline.rollout.loop import passes_filters, rollout_metrics
+from pipeline.rollout.producer import BatchProducer, staleness
 from pipeline.rollout.rollouter import Rollouter
 from pipeline.tasks.sets import TaskSampler
 from pipeline.tracking import Tracker
-from pipeline.trajectory import pack_micro_batches, save_jsonl
+from pipeline.trajectory import load_jsonl, pack_micro_batches, save_jsonl
 from pipeline.weights.sync import export_hf_dir
 
 
@@ -65,6 +67,16 @@ def train(cfg: Config) -> dict:
         tracker = Tracker(cfg.tracking, run_dir, cfg.run.name, flat_params(cfg))
         tracker.log_artifact(run_dir / "config.yaml")
     eval_tasks = sampler.eval_tasks() if rank0 else []
+    k = cfg.rollout.max_staleness
+    producer = None
+
+    def rollout_batch(step: int) -> list:
+        tasks = sampler.for_step(step, cfg.rollout.tasks_per_step)
+        trajs = ro.train_batch(tasks, step, seed=cfg.run.seed * 1_000_003 + step)
+        (run_dir / "trajectories").mkdir(exist_ok=True)
+        save_jsonl(trajs, run_dir / "trajectories" / f"step_{step:06d}.jsonl")
+        return trajs
+
     try:
         ro.update_weights(learner)
         if learner.step == 0 and cfg.eval.every and not _bcast_flag(tracker and tracker.has_step("eval/pass_at_1", 0)):
@@ -72,17 +84,25 @@ def train(cfg: Config) -> dict:
             if tracker:  # evaluations are logged at the weights version they measured
                 tracker.log_step(0, ev)
                 tracker.commit()
+        if k and rank0:  # rollouts of the next k steps run while the learner trains
+            producer = BatchProducer(ro.engine, rollout_batch, start=learner.step, stop=cfg.run.steps, max_staleness=k,
+                                     version=learner.step, saved=lambda t: _saved_batch(run_dir, t))  # fmt: skip
         for step in range(learner.step, cfg.run.steps):
             t0 = time.perf_counter()
-            trajs = None
-            if rank0:
-                tasks = sampler.for_step(step, cfg.rollout.tasks_per_step)
-                trajs = ro.train_batch(tasks, step, seed=cfg.run.seed * 1_000_003 + step)
-                (run_dir / "trajectories").mkdir(exist_ok=True)
-                save_jsonl(trajs, run_dir / "trajectories" / f"step_{step:06d}.jsonl")
-            trajs = handover(trajs)
+            trajs, info = None, {}
+            if producer is not None:
+                trajs, info = producer.get(step)
+            elif rank0:
+                trajs = rollout_batch(step)
+            trajs, info = handover((trajs, info))
             t_rollout = time.perf_counter() - t0
             metrics = rollout_metrics(trajs)
+            metrics.update(_staleness_metrics(step, trajs, info, k))
+            # the learner's wait for this step's batch (all of the rollout when synchronous)
+            metrics["time/learner_wait_s"] = info.get("learner_wait_s", t_rollout)
+            if k:  # what the policy-gradient term may see: ≤ k versions old (infra failures carry no policy)
+                trajs = [t for t in trajs if t.infra_error or step - t.policy_version <= k]
+                metrics["rollout/dropped_stale"] += metrics["rollout/episodes"] - len(trajs)
             if metrics["rollout/infra_error_frac"] > cfg.run.max_infra_error_frac:
                 raise RunError(f"step {step}: {metrics['rollout/infra_errors']:.0f} of {len(trajs)} episodes "
                                f"failed on infrastructure (see 'infra_error' in {run_dir}/trajectories/"
@@ -96,13 +116,20 @@ def train(cfg: Config) -> dict:
                                         pad_token_id=tok.pad_token_id or 0)  # fmt: skip
             metrics.update(learner.train_step(shards[learner.topo.dp_rank], step))
             t2 = time.perf_counter()
-            ro.update_weights(learner)
+            if k:  # staged now, served by the producer before its next batch
+                staged = ro.stage_weights(learner)
+                if producer is not None:
+                    producer.publish(learner.step, staged)
+            else:
+                ro.update_weights(learner)
             t3 = time.perf_counter()
             metrics.update({"time/rollout_s": t_rollout, "time/learner_s": t2 - t1, "time/sync_s": t3 - t2})
             ev = {}
             if cfg.eval.every and (step + 1) % cfg.eval.every == 0 or step + 1 == cfg.run.steps:
-                ev = _evaluate(cfg, learner, ro, eval_tasks, tracker, run_dir, learner.step)
+                with producer.paused() if producer is not None else contextlib.nullcontext():
+                    ev = _evaluate(cfg, learner, ro, eval_tasks, tracker, run_dir, learner.step)
             metrics["time/step_s"] = time.perf_counter() - t0
+            metrics["time/learner_idle_frac"] = metrics["time/learner_wait_s"] / metrics["time/step_s"]
             if rank0:
                 tracker.log_step(step, metrics)
                 if ev:
@@ -115,10 +142,32 @@ def train(cfg: Config) -> dict:
                     tracker.commit()
         summary = _finish(cfg, learner, tracker, run_dir)
     finally:
+        if producer is not None:
+            producer.close()
         ro.close()
         if tracker is not None:
             tracker.close()
     return summary
+
+
+def _saved_batch(run_dir: Path, step: int) -> list | None:
+    """A batch a killed run finished before its step was trained (the file is written
+    whole: ``save_jsonl`` renames it into place)."""
+    path = run_dir / "trajectories" / f"step_{step:06d}.jsonl"
+    return load_jsonl(path) if path.is_file() else None
+
+
+def _staleness_metrics(step: int, trajs: list, info: dict, k: int) -> dict:
+    """Per step: how old the sampling policy was, what was dropped, who waited for whom."""
+    ages = staleness(step, trajs)
+    return {
+        "rollout/staleness_mean": sum(ages) / max(len(ages), 1),
+        "rollout/staleness_max": float(max(ages, default=0)),
+        "rollout/dropped_stale": float(info.get("dropped_stale", 0)),
+        "rollout/reused_batch": float(info.get("reused", 0)),
+        # the engine's wait for the weights it needed to start this batch (k ≥ 1)
+        "time/engine_wait_s": float(info.get("engine_wait_s", 0.0)) if k else 0.0,
+    }
 
 
 def _bcast_flag(flag) -> bool:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -121,9 +122,13 @@ class Trajectory:
 
 
 def save_jsonl(trajectories: Iterable[Trajectory], path: str | Path) -> None:
-    with open(path, "w") as f:
+    """Written whole or not at all (a reader never sees half a file)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
         for t in trajectories:
             f.write(t.to_json() + "\n")
+    os.replace(tmp, path)
 
 
 def load_jsonl(path: str | Path) -> list[Trajectory]:

@@ -23,6 +23,11 @@ LAYOUTS = {
     "pp2": (2, ["parallel.pipeline=2"]),
     "tp2pp2": (4, ["parallel.tensor=2", "parallel.pipeline=2"]),
     "dp2": (2, []),
+    # the same step with the reference attention (block-diagonal S×S mask; every other run
+    # uses the packed attention) and with activation recomputation
+    "mask_attention": (1, ["learner.attention=mask"]),
+    "recompute_selective": (1, ["learner.recompute=selective"]),
+    "recompute_full": (1, ["learner.recompute=full"]),
 }
 
 

@@ -42,6 +42,22 @@ def test_ratio_clipped_on_both_sides():
     assert m["clip_frac_low"].item() == pytest.approx(1 / 3)
 
 
+def test_truncated_importance_sampling_weights_tokens_by_the_capped_ratio():
+    # the same three tokens with loss.tis_cap=1.2: weights min(ratio, 1.2) = 1.2, 0.5, 1.1
+    # on -A·∇log p (the ratio to the learner's own policy is 1): no token loses its gradient
+    lp = t([[math.log(1.5)], [math.log(0.5)], [math.log(1.1)]]).requires_grad_()
+    roles, sampler = t([[A]] * 3, torch.long), t([[0.0]] * 3)
+    loss, m = echo_loss(lp, sampler, t([1.0, -1.0, 1.0]), roles, env_coef=0.0, tis_cap=1.2)
+    assert loss.item() == pytest.approx((-1.2 + 0.5 - 1.1) / 3)
+    loss.backward()
+    assert lp.grad[:, 0].tolist() == pytest.approx([-1.2 / 3, 0.5 / 3, -1.1 / 3])
+    assert m["tis_truncated_frac"].item() == pytest.approx(1 / 3)
+    assert m["clip_frac_high"].item() == 0.0
+    # off by default: the clipped ratio of the test above, nothing truncated
+    off, m_off = echo_loss(lp.detach(), sampler, t([1.0, -1.0, 1.0]), roles, env_coef=0.0)
+    assert off.item() == pytest.approx((-1.2 + 0.8 - 1.1) / 3) and m_off["tis_truncated_frac"].item() == 0.0
+
+
 def test_asymmetric_clip_bounds():
     # ratio 1.25, A=+1: clip_high=0.3 → inside (-1.25); clip_high=0.2 → -1.2
     lp, s, r = t([[math.log(1.25)]]), t([[0.0]]), t([[A]], torch.long)

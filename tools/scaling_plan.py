@@ -104,6 +104,21 @@ def plan(cfg, a) -> str:
         f"reads at {a.fs_gbps:g} GB/s per node",
         f"- NCCL broadcast (not built): {sync_bytes / (a.net_gbps * 1e9):.1f} s at {a.net_gbps:g} GB/s",
     ]
+    decode = sampled / (servers * a.decode_tps)
+    learn = flops / (gpus * peak * a.mfu)
+    write = sync_bytes / (a.fs_gbps * 1e9)
+    read = servers * sync_bytes / (a.fs_gbps * 1e9 * max(c.rollout_nodes, 1))
+    serial, overlapped = decode + learn + write + read, max(decode + read, learn + write)
+    out += [
+        "",
+        "## step time, serial vs overlapped (rollout.max_staleness)",
+        f"- serial (0): decode + learn + write + read = {decode:.0f} + {learn:.0f} + {write:.0f} + {read:.0f} = {serial:.0f} s",
+        f"- overlapped (≥ 1): the learner trains step t (then writes the weights) while the servers decode batch t+1 "
+        f"(then read the weights): max({decode:.0f} + {read:.0f}, {learn:.0f} + {write:.0f}) = {overlapped:.0f} s "
+        f"({serial / overlapped:.2f}× the serial rate; "
+        f"{'the learner' if learn + write < decode + read else 'the rollout side'} waits "
+        f"{abs((decode + read) - (learn + write)):.0f} s a step)",
+    ]
     return "\n".join(out)
 
 

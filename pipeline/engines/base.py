@@ -21,7 +21,7 @@ import abc
 import queue
 import threading
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable
 
 from pipeline.weights.buckets import StreamChecksum, WeightBucket
@@ -80,6 +80,17 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def update_weights(self, buckets: Iterable[WeightBucket]) -> int:
         """Apply one version's buckets in order; return the version now held."""
+
+    def stage_weights(self, buckets: Iterable[WeightBucket]):
+        """Take one version's buckets now, to serve them later (``apply_staged``, between
+        rollout batches of an asynchronous run). The stream's tensors may view the live
+        parameters, so they are copied to host memory (one model copy); engines that can
+        park a version elsewhere (``vllm_server``: its shared directory) override this."""
+        return [replace(b, items=[(n, t.detach().to("cpu", copy=True)) for n, t in b.items]) for b in buckets]
+
+    def apply_staged(self, staged) -> int:
+        """Serve a version from ``stage_weights``; return the version now held."""
+        return self.update_weights(iter(staged))
 
     def close(self) -> None:
         pass

@@ -122,6 +122,10 @@ class VLLMServerEngine(Engine):
     def update_weights(self, buckets) -> int:
         """Write the version to ``weights_dir/v{version}`` (safetensors), then have every
         server load it. Servers must see the same filesystem."""
+        return self.apply_staged(self.stage_weights(buckets))
+
+    def stage_weights(self, buckets) -> tuple[int, Path]:
+        """Write the version to ``weights_dir/v{version}``; no server loads it yet."""
         from safetensors.torch import save_file
 
         staged: dict = {}
@@ -129,6 +133,12 @@ class VLLMServerEngine(Engine):
         out = self.weights_dir / f"v{version}"
         out.mkdir(parents=True, exist_ok=True)
         save_file(staged, str(out / "model.safetensors"))
+        return version, out
+
+    def apply_staged(self, staged: tuple[int, Path]) -> int:
+        """Every live server loads the staged directory; then the older versions go
+        (bounded disk; a newer one staged meanwhile stays)."""
+        version, out = staged
         for url in list(self.live):
             try:
                 r = requests.post(f"{url}/collective_rpc", timeout=self.timeout_s, json={
@@ -142,8 +152,8 @@ class VLLMServerEngine(Engine):
                 raise EngineError(f"vLLM server {url}: weight update to v{version} failed: {e}") from e
         if not self.live:
             raise EngineError(f"no vLLM server left of {self.urls} to load weights v{version}")
-        for old in self.weights_dir.glob("v*"):  # every live server loaded this one: the older go (bounded disk)
-            if old != out and old.is_dir() and old.name[1:].isdigit():
+        for old in self.weights_dir.glob("v*"):
+            if old.is_dir() and old.name[1:].isdigit() and int(old.name[1:]) < version:
                 shutil.rmtree(old, ignore_errors=True)
         self.policy_version = version
         return version

@@ -66,10 +66,9 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def save(learner, directory: str | Path, step: int, *, keep: int = 0) -> Path:
-    """Write ``step_NNNNNN`` atomically and point ``latest`` at it; with ``keep`` > 0, remove
-    all but the newest ``keep`` checkpoints (after ``latest`` moved: a kill at any point
-    leaves a loadable one)."""
+def save(learner, directory: str | Path, step: int, *, keep: int = 0, keep_every: int = 0) -> Path:
+    """Write ``step_NNNNNN`` atomically and point ``latest`` at it; then ``prune`` (after
+    ``latest`` moved: a kill at any point leaves a loadable one)."""
     root = Path(directory)
     name = f"step_{step:06d}"
     final, tmp = root / name, root / f"{name}.tmp"
@@ -90,13 +89,23 @@ def save(learner, directory: str | Path, step: int, *, keep: int = 0) -> Path:
         os.replace(tmp, final)
         (root / "latest.tmp").write_text(name)
         os.replace(root / "latest.tmp", root / "latest")
-        if keep:
-            done = sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
-            for old in done[:-keep]:
-                if old != final:
-                    shutil.rmtree(old, ignore_errors=True)
+        prune(root, keep=keep, keep_every=keep_every)
     _barrier()
     return final
+
+
+def prune(root: str | Path, *, keep: int, keep_every: int = 0) -> list[Path]:
+    """Remove checkpoints but the newest ``keep``, every one whose step is a multiple of
+    ``keep_every``, and the one ``latest`` names (``keep`` 0: keep all); the removed."""
+    root = Path(root)
+    if not keep:
+        return []
+    done = sorted(p for p in root.glob("step_*") if p.is_dir() and p.name[5:].isdigit())
+    current = latest(root)
+    gone = [p for p in done[:-keep] if p != current and not (keep_every and int(p.name[5:]) % keep_every == 0)]
+    for p in gone:
+        shutil.rmtree(p, ignore_errors=True)
+    return gone
 
 
 def latest(directory: str | Path) -> Path | None:

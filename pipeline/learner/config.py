@@ -78,6 +78,9 @@ class LearnerConfig:
     temperature: float = 1.0  # logits ÷ T before log-softmax, for BOTH loss terms (ref code: 0.8)
     checkpoint_every: int = 0  # steps between checkpoints (0 = only at the end)
     keep_checkpoints: int = 2  # the newest N checkpoints are kept, older ones removed (0 = keep all)
+    keep_every: int = 0  # also keep every checkpoint whose step is a multiple of this (0 = none)
+    attention: str = "auto"  # auto (TE's fused attention where TE imports, else packed) | packed (THD, no S×S mask: learner/attention.py) | mask (block-diagonal [S, S] mask, Megatron's local attention: the reference)
+    recompute: str = "none"  # activation recomputation: none | selective (core attention) | full (each layer's input)
     on_nonfinite: str = "stop"  # a non-finite loss: stop (raise, say where) | skip (no update, counted)
 
     def check(self) -> list[tuple[str, str]]:
@@ -94,6 +97,12 @@ class LearnerConfig:
             errs.append(("on_nonfinite", f"must be stop or skip, got {self.on_nonfinite!r}"))
         if self.keep_checkpoints < 0:
             errs.append(("keep_checkpoints", f"must be ≥ 0, got {self.keep_checkpoints}"))
+        if self.attention not in ("auto", "packed", "mask"):
+            errs.append(("attention", f"must be auto, packed or mask, got {self.attention!r}"))
+        if self.recompute not in ("none", "selective", "full"):
+            errs.append(("recompute", f"must be none, selective or full, got {self.recompute!r}"))
+        if self.keep_every < 0:
+            errs.append(("keep_every", f"must be ≥ 0, got {self.keep_every}"))
         if self.checkpoint_every < 0:
             errs.append(("checkpoint_every", f"must be ≥ 0, got {self.checkpoint_every}"))
         return errs

@@ -76,9 +76,12 @@ class Learner:
             )
         self.tconfig = transformer_config(
             self.hf, tp=self.topo.tp, pp=self.topo.pp, dtype=dtype, init_std=model_cfg.init_std,
-            on_gpu=self.topo.on_gpu,
+            on_gpu=self.topo.on_gpu, recompute=learner_cfg.recompute,
         )  # fmt: skip
         self.use_te = self.topo.on_gpu and te_available()
+        self.attention = "te" if self.use_te and learner_cfg.attention == "auto" else learner_cfg.attention
+        if self.attention == "auto":
+            self.attention = "packed"
         impl = learner_cfg.logprob_impl
         if impl == "auto":
             impl = "te" if self.use_te else "chunked"
@@ -86,7 +89,7 @@ class Learner:
         torch.manual_seed(seed)  # CPU init of the full weights, then sliced per TP rank
         gpt = build_gpt(
             self.hf, self.tconfig, pre_process=self.topo.is_first_stage,
-            post_process=self.topo.is_last_stage, use_te=self.use_te,
+            post_process=self.topo.is_last_stage, use_te=self.attention == "te", attention=self.attention,
         )  # fmt: skip
         gpt.set_logprob_options(
             vocab_size=self.hf["vocab_size"], temperature=learner_cfg.temperature, impl=impl,
@@ -140,7 +143,7 @@ class Learner:
         """[1, S] -log p(target) on the last stage; hidden states on the others."""
         S = mb.num_tokens
         kwargs = {}
-        if self.use_te:
+        if self.attention in ("te", "packed"):
             from megatron.core.packed_seq_params import PackedSeqParams
 
             cu = mb.cu_seqlens.to(self.device)
@@ -167,6 +170,7 @@ class Learner:
             env_coef=self._coefs[1], pg_coef=self._coefs[0], sft_coef=self._coefs[2], clip_low=self.loss_cfg.clip_low,
             clip_high=self.loss_cfg.clip_high, env_targets=self.loss_cfg.env_targets,
             env_normalizer=self.loss_cfg.env_normalizer, pg_reduction=self.loss_cfg.pg_reduction,
+            tis_cap=self.loss_cfg.tis_cap,
         )  # fmt: skip
         num_action = (roles == 1).sum().to(torch.int)
         return loss, num_action, metrics
@@ -261,7 +265,8 @@ class Learner:
 
     # ---- checkpoints ----------------------------------------------------------------
     def save(self, directory: str, step: int | None = None) -> None:
-        checkpoint.save(self, directory, self.step if step is None else step, keep=self.cfg.keep_checkpoints)
+        checkpoint.save(self, directory, self.step if step is None else step, keep=self.cfg.keep_checkpoints,
+                        keep_every=self.cfg.keep_every)
 
     def load(self, directory: str, *, model_only: bool = False) -> int:
         """Resume from the latest checkpoint in ``directory`` (``model_only``: weights only)."""
@@ -270,7 +275,7 @@ class Learner:
 
 
 _METRIC_NAMES = (
-    "loss", "pg_loss", "kl_ref", "clip_frac_high", "clip_frac_low", "logprob_gap", "logprob_abs_gap", "env_ce", "action_ce",
+    "loss", "pg_loss", "kl_ref", "clip_frac_high", "clip_frac_low", "tis_truncated_frac", "logprob_gap", "logprob_abs_gap", "env_ce", "action_ce",
     "env_ce_output", "env_ce_warning", "tokens_prompt", "tokens_action", "tokens_output",
     "tokens_warning",
 )  # fmt: skip

@@ -71,6 +71,7 @@ def transformer_config(
     init_std: float = 0.02,
     on_gpu: bool = False,
     fused_kernels: bool | None = None,
+    recompute: str = "none",
 ) -> TransformerConfig:
     heads, groups = hf["num_attention_heads"], hf.get("num_key_value_heads", hf["num_attention_heads"])
     if heads % tp or groups % tp:
@@ -117,6 +118,11 @@ def transformer_config(
         gradient_accumulation_fusion=False,
         persist_layer_norm=fused,
         batch_p2p_comm=on_gpu,
+        # activation recomputation (learner.recompute): selective = core attention only
+        # (Megatron's default module); full = every layer's input, one layer per unit
+        recompute_granularity=None if recompute == "none" else recompute,
+        recompute_method="uniform" if recompute == "full" else None,
+        recompute_num_layers=1 if recompute == "full" else None,
     )
 
 
@@ -134,7 +140,10 @@ class EchoGPTModel(GPTModel):
         return (-logp).transpose(0, 1).contiguous()
 
 
-def layer_spec(use_te: bool):
+def layer_spec(use_te: bool, attention: str = "mask"):
+    """TE's layer spec, or Megatron's local one with core attention ``packed``
+    (``pipeline/learner/attention.py``: THD input, no mask tensor) or ``mask`` (Megatron's
+    ``DotProductAttention`` on a block-diagonal ``[1, 1, S, S]`` mask)."""
     from megatron.core.models.gpt.gpt_layer_specs import (
         get_gpt_layer_local_spec,
         get_gpt_layer_with_transformer_engine_spec,
@@ -142,7 +151,12 @@ def layer_spec(use_te: bool):
 
     if use_te:
         return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=True)
-    return get_gpt_layer_local_spec(qk_layernorm=True, normalization="RMSNorm")
+    spec = get_gpt_layer_local_spec(qk_layernorm=True, normalization="RMSNorm")
+    if attention == "packed":
+        from pipeline.learner.attention import PackedAttention
+
+        spec.submodules.self_attention.submodules.core_attention = PackedAttention
+    return spec
 
 
 def te_available() -> bool:
@@ -154,11 +168,12 @@ def te_available() -> bool:
     return torch.cuda.is_available()
 
 
-def build_gpt(hf: dict, config: TransformerConfig, *, pre_process: bool, post_process: bool, use_te: bool) -> EchoGPTModel:
+def build_gpt(hf: dict, config: TransformerConfig, *, pre_process: bool, post_process: bool, use_te: bool,
+              attention: str = "mask") -> EchoGPTModel:  # fmt: skip
     tp = config.tensor_model_parallel_size
     return EchoGPTModel(
         config=config,
-        transformer_layer_spec=layer_spec(use_te),
+        transformer_layer_spec=layer_spec(use_te, attention),
         vocab_size=padded_vocab_size(hf["vocab_size"], tp),
         max_sequence_length=hf.get("max_position_embeddings", 40960),
         pre_process=pre_process,

@@ -60,6 +60,7 @@ class RolloutConfig:
     infra_retries: int = 1  # fresh attempts of an episode after an infrastructure failure
     template_kwargs: dict = field(default_factory=dict)  # extra chat-template arguments (e.g. enable_thinking)
     train_filters: list[str] = field(default_factory=list)  # keep for training only episodes that pass: tool_calls_parsed, finished, no_truncation
+    max_staleness: int = 0  # 0: roll out, then learn (serial); k ≥ 1: batches sampled ahead while the learner trains, by a policy ≤ k versions old (pipeline/rollout/producer.py)
 
     def check(self) -> list[tuple[str, str]]:
         errs = []
@@ -75,6 +76,8 @@ class RolloutConfig:
         bad = [f for f in self.train_filters if f not in TRAIN_FILTERS]
         if bad:
             errs.append(("train_filters", f"unknown {bad}; known: {sorted(TRAIN_FILTERS)}"))
+        if self.max_staleness < 0:
+            errs.append(("max_staleness", f"must be ≥ 0 (0 = synchronous), got {self.max_staleness}"))
         if self.infra_retries < 0:
             errs.append(("infra_retries", f"must be ≥ 0, got {self.infra_retries}"))
         return errs

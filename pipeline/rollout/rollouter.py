@@ -11,6 +11,7 @@ Where it sits: main / evaluate / warmstart / microcosm → **Rollouter** →
     metrics, rows, trajs = ro.evaluate(tasks, cfg.eval, step)
     probe = ro.probe_set(path, tasks)
     ro.update_weights(learner)                            # every learner rank calls it
+    staged = ro.stage_weights(learner)                    # asynchronous runs (rollout/producer.py)
 """
 
 from __future__ import annotations
@@ -82,6 +83,13 @@ class Rollouter:
         from pipeline.weights.sync import sync_engine
 
         sync_engine(learner, self.engine)
+
+    def stage_weights(self, learner):
+        """An asynchronous run's weight update: every learner rank streams, rank 0's engine
+        stages the version (``BatchProducer.publish`` serves it between batches)."""
+        from pipeline.weights.sync import stage_engine
+
+        return stage_engine(learner, self.engine)
 
     def close(self) -> None:
         if self.engine is not None:

@@ -36,6 +36,17 @@ def sync_engine(learner, engine) -> int:
     return version
 
 
+def stage_engine(learner, engine):
+    """Stream the learner's weights and have ``engine`` stage them (served later, between
+    rollout batches: ``engine.apply_staged``); every learner rank calls it, None off rank 0."""
+    stream = _stream(learner)
+    if engine is None:
+        for _ in stream:
+            pass
+        return None
+    return engine.stage_weights(stream)
+
+
 def export_hf_dir(learner, out: str | Path, *, tokenizer_dir: str | Path | None = None,
                   dtype: torch.dtype | None = None) -> Path | None:  # fmt: skip
     """Write the learner's current weights as an HF checkpoint dir (rank 0 writes)."""

@@ -1,5 +1,6 @@
 """Launch a helper script under torchrun with N CPU processes (gloo)."""
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -25,3 +26,22 @@ def torchrun(script: str, nproc: int, *args: str, timeout: int = 600) -> subproc
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
     return proc
+
+
+@contextlib.contextmanager
+def single_process_megatron():
+    """Megatron's parallel state in this process (world size 1, gloo), torn down after."""
+    from pipeline.learner.parallel import init_parallel, shutdown
+
+    saved = {k: os.environ.get(k) for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")}
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1")
+    try:
+        init_parallel(1, 1, backend="gloo")
+        yield
+    finally:
+        shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
