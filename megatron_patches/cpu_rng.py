@@ -4,14 +4,20 @@ What: installs ``CpuRNGStatesTracker`` (a subclass of Megatron-Core's
 ``CudaRNGStatesTracker``) as the global tracker returned by ``get_cuda_rng_tracker()``.
 ``add(name, seed)`` stores the state of a CPU generator seeded with ``seed``; ``fork(name)``
 swaps that state into the CPU default generator for the duration of the block and
-restores the caller's state afterwards — the CUDA tracker's contract, on the CPU.
+restores the caller's state afterwards — the CUDA tracker's contract, on the CPU. And
+replaces ``_get_all_rng_states`` / ``_set_all_rng_states`` (what activation
+recomputation's ``CheckpointFunction`` saves before a checkpointed forward and restores
+before recomputing it) with versions that keep the CPU generator and the tracker's
+states, without the CUDA generator's.
 
 Why: the stock tracker reads and writes ``torch.cuda`` generator states, which do not
-exist without a GPU; every attention/dropout region forks it.
+exist without a GPU; every attention/dropout region forks it, and every recomputed
+region (``learner.recompute``) saves and restores them.
 
 Versions: checked against megatron-core 0.16.1 (``tensor_parallel.random`` with
 ``_CUDA_RNG_STATE_TRACKER``, ``_CUDA_RNG_STATE_TRACKER_INITIALIZED``,
-``CudaRNGStatesTracker.add/fork``).
+``CudaRNGStatesTracker.add/fork``, ``_get_all_rng_states() -> (cpu, cuda, tracker)``,
+``_set_all_rng_states(cpu, cuda, tracker)``).
 
 Math: unchanged — it only decides which generator random ops (dropout) draw from.
 Applied only when no GPU is present.
@@ -66,3 +72,16 @@ def apply() -> None:
             raise PatchTargetMissing(f"{_MODULE}.{attr} is missing (Megatron-Core changed)")
     random._CUDA_RNG_STATE_TRACKER = _tracker_class()()
     random._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
+    for attr in ("_get_all_rng_states", "_set_all_rng_states"):
+        if not hasattr(random, attr):
+            raise PatchTargetMissing(f"{_MODULE}.{attr} is missing (Megatron-Core changed)")
+
+    def _get_all_rng_states():
+        return torch.get_rng_state(), None, random.get_cuda_rng_tracker().get_states()
+
+    def _set_all_rng_states(cpu_rng_state, cuda_rng_state, cuda_rng_state_tracker):
+        torch.set_rng_state(cpu_rng_state)
+        random.get_cuda_rng_tracker().set_states(cuda_rng_state_tracker)
+
+    random._get_all_rng_states = _get_all_rng_states
+    random._set_all_rng_states = _set_all_rng_states

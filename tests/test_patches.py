@@ -24,6 +24,13 @@ def test_rng_tracker_target():
                  "_MODEL_PARALLEL_RNG_TRACKER_NAME", "get_cuda_rng_tracker"):  # fmt: skip
         assert hasattr(random, attr)
     assert list(inspect.signature(random.CudaRNGStatesTracker.add).parameters) == ["self", "name", "seed"]
+    # what activation recomputation saves and restores (replaced on CPU; read from the
+    # module's file, as another test may have applied the patches in this process)
+    src = inspect.getsource(random)
+    get_all = src[src.index("def _get_all_rng_states():") : src.index("def _set_all_rng_states(")]
+    assert "_get_cuda_rng_state(" in get_all and "return cpu_rng_state, cuda_rng_state, cuda_rng_state_tracker" in get_all
+    assert "def _set_all_rng_states(cpu_rng_state, cuda_rng_state, cuda_rng_state_tracker):" in src
+    assert "_get_all_rng_states()" in inspect.getsource(random.CheckpointFunction.forward)
 
 
 def test_grad_clip_target_signature():

@@ -8,11 +8,15 @@ arithmetic with every assumption named, so a user can redo it with their own fig
 Model-state bytes per parameter follow Megatron's mixed precision with the distributed
 optimizer: bf16 weights (2) + fp32 gradient buffer (4) on every model-parallel shard, fp32
 master weights + Adam m and v (12) sharded over data parallel. Activations assume TE's
-fused attention (no S² matrix): ~34·s·h bytes per layer for a micro-batch of s tokens
-(Korthikanti et al., 2022), divided by TP (no sequence parallelism, no recomputation:
-neither is wired into the learner yet); a micro-batch must hold the longest episode, so
-s ≥ rollout.max_context_tokens; the logits
-add s·V/TP fp32 values for the fused cross-entropy's input.
+fused attention (TE's, or the packed attention of ``learner.attention=packed``: no S²
+matrix): ~34·s·h bytes per layer for a micro-batch of s tokens (Korthikanti et al., 2022),
+divided by TP (no sequence parallelism). ``learner.recompute`` scales that by the ratio
+measured by ``tools/bench/attention_memory.py`` (``tools/bench/results/
+activation_memory_cpu.json``: extra peak bytes of one forward+backward with recompute ÷
+without, same model and length), or, without that file, by theory (full: each layer keeps
+its 2·s·h input, one layer's activations live at a time). A micro-batch must hold the
+longest episode, so s ≥ rollout.max_context_tokens; the logits add s·V/TP fp32 values
+for the fused cross-entropy's input.
 """
 
 from __future__ import annotations
@@ -36,6 +40,21 @@ def params(hf: dict) -> int:
     return L * layer + emb + h
 
 
+MEASURED = Path(__file__).resolve().parent / "bench" / "results" / "activation_memory_cpu.json"
+
+
+def activation_coef(recompute: str, layers: int) -> tuple[float, str]:
+    """Bytes per token per layer per hidden unit under ``recompute``, and where it came from."""
+    if recompute == "none":
+        return 34.0, "34 (Korthikanti et al.)"
+    if MEASURED.is_file():
+        ratio = json.loads(MEASURED.read_text())["ratio_to_none"][recompute]
+        return 34.0 * ratio, f"34 × {ratio:.2f} (measured, {MEASURED.name})"
+    if recompute == "full":
+        return 2.0 + 34.0 / layers, "2 + 34/L (theory)"
+    return 34.0, "34 (theory: selective recompute saves no S² term without one)"
+
+
 def plan(cfg, a) -> str:
     hf = json.loads(Path(cfg.model.hf_config).read_text())
     P = params(hf)
@@ -46,11 +65,13 @@ def plan(cfg, a) -> str:
     h, L, V = hf["hidden_size"], hf["num_hidden_layers"], hf["vocab_size"]
     s = cfg.learner.micro_batch_tokens
 
+    coef, coef_src = activation_coef(cfg.learner.recompute, L)
+
     def memory(tp: int, pp: int) -> tuple[float, float, float]:
         dp = max(gpus // (tp * pp), 1)
         shard = P / (tp * pp)
         # 1F1B: the first stage holds up to PP micro-batches in flight, so L/PP layers × PP
-        return shard * 6 + shard * 12 / dp, 34 * s * h * L / tp, s * V / tp * 4
+        return shard * 6 + shard * 12 / dp, coef * s * h * L / tp, s * V / tp * 4
 
     model_state, act, logits = memory(tp, pp)
     episodes = r.tasks_per_step * r.group_size
@@ -66,7 +87,8 @@ def plan(cfg, a) -> str:
         f"## learner: {c.learner_nodes} node(s) × {c.gpus_per_node} GPUs = {gpus}; TP {tp} × PP {pp} × DP {dp}",
         f"- model state per GPU: 6 B × P/(TP·PP) + 12 B × P/(TP·PP·DP) = {model_state / GIB:.1f} GiB",
         f"- activations per GPU (micro-batch of {s} tokens; under 1F1B the first stage keeps PP micro-batches of "
-        f"{L // pp} layers): 34·s·h·L/TP = {act / GIB:.1f} GiB",
+        f"{L // pp} layers): c·s·h·L/TP = {act / GIB:.1f} GiB, learner.recompute={cfg.learner.recompute}: "
+        f"c = {coef_src}",
         f"- logits for the fused CE: s·V/TP·4 B = {logits / GIB:.1f} GiB (last stage)",
         f"- total ≈ {(model_state + act + logits) / GIB:.1f} GiB of an 80 GiB H100 "
         f"({'fits' if model_state + act + logits < 72 * GIB else 'does NOT fit: raise TP/PP or cut micro_batch_tokens'})",

@@ -3,7 +3,7 @@
 (``mask``: Megatron's local attention on a ``[1, 1, S, S]`` mask), at growing lengths.
 
     python tools/bench/attention_memory.py [--tokens 2048,8192] [--sequences 1]
-        [--recompute none,selective,full]
+        [--recompute none,selective,full] [--out tools/bench/results/activation_memory_cpu.json]
 
 Each (path, length) runs in a fresh process: the real Learner (Megatron-Core on gloo,
 one CPU rank, fp32) on a widened tiny Qwen3 (h=512, 8 heads, 4 KV groups, 2 layers).
@@ -71,6 +71,8 @@ def main() -> None:
     ap.add_argument("--recompute", default="none")
     ap.add_argument("--child", default="")
     ap.add_argument("--hf-config", default="")
+    ap.add_argument("--out", default="", help="write the figures as JSON (the scaling plan reads "
+                    "tools/bench/results/activation_memory_cpu.json)")
     a = ap.parse_args()
     if a.child:
         attention, recompute, tokens = a.child.split(":")
@@ -101,6 +103,13 @@ def main() -> None:
         for p in (r for r in rows if r["tokens"] == tokens and r["attention"] == "packed"):
             print(f"| {tokens} | {mask['extra_bytes'] / 2**20:.0f} | {p['extra_bytes'] / 2**20:.0f} ({p['recompute']}) | "
                   f"{p['extra_bytes'] / mask['extra_bytes']:.3f} | {p['extra_bytes'] / tokens:,.0f} |")  # fmt: skip
+    if a.out:
+        longest = max(r["tokens"] for r in rows)
+        packed = {r["recompute"]: r["extra_bytes"] for r in rows if r["tokens"] == longest and r["attention"] == "packed"}
+        out = {"model": WIDE, "sequences": a.sequences, "rows": rows, "ratio_to_none_tokens": longest}
+        if "none" in packed:
+            out["ratio_to_none"] = {k: v / packed["none"] for k, v in packed.items()}
+        Path(a.out).write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

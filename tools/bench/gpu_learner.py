@@ -7,10 +7,17 @@
    Engine's Triton parallel_cross_entropy), ``chunked`` (ours) and ``megatron``, against an
    fp64 reference — max |Δ| of values and gradients, time fwd+bwd, and peak extra memory
    ÷ the bf16 logits bytes.
-2. The Megatron learner on NCCL in bf16 with the distributed optimizer (local layer spec
-   unless TE's layers import): ECHO step time, tokens/s, model FLOPs utilization (6·N·T
-   + attention, against the dense bf16 peak), peak memory; and the ECHO overhead ratio
-   (λ=0.05 ÷ λ=0 step time, same batch, alternating).
+2. Packed attention (``learner.attention=packed``) on the GPU in bf16 against Megatron's
+   ``DotProductAttention`` on the block-diagonal mask and against fp32: max |Δ| of values
+   and gradients, for several packings (``attention_check``).
+3. The Megatron learner on NCCL in bf16 with the distributed optimizer (local layer spec
+   with ``--attention`` unless TE's layers import), at each ``--tokens`` micro-batch
+   length (e.g. 4096,8192,16384,32768): ECHO step time, tokens/s, model FLOPs utilization
+   (6·N·T + causal attention, against the dense bf16 peak), peak memory; and ECHO ÷ GRPO
+   step time (λ=0.05 vs λ=0, same batch, alternating, ``--repeats`` ≥ 8).
+
+    python tools/bench/gpu_learner.py --tokens 4096,8192,16384,32768 --repeats 8 \
+        --attention packed --recompute none --out $OUT/learner.json
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import torch  # noqa: E402
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12}  # dense bf16 tensor-core peak (SXM)
+_LEARNER = None
 
 
 def logprob_check(impls: list[str], V: int = 151_936, N: int = 8192, T: float = 0.8) -> list[dict]:
@@ -74,7 +82,48 @@ def logprob_check(impls: list[str], V: int = 151_936, N: int = 8192, T: float = 
     return rows
 
 
-def learner_bench(model: str, tokens: int, repeats: int) -> dict:
+def attention_check() -> list[dict]:
+    """PackedAttention in bf16 vs the masked reference (bf16) and vs fp32 (the kernel's error)."""
+    from megatron.core.packed_seq_params import PackedSeqParams
+    from megatron.core.transformer.dot_product_attention import DotProductAttention
+    from megatron.core.transformer.enums import AttnMaskType
+
+    from pipeline.learner.attention import PackedAttention
+    from pipeline.learner.learner import block_causal_mask
+    from pipeline.learner.model import load_hf_config, transformer_config
+
+    hf = load_hf_config("configs/models/qwen3-1.7b.json")
+    H, G, D = hf["num_attention_heads"], hf["num_key_value_heads"], hf["head_dim"]
+    rows = []
+    for lengths in ([1, 700, 3, 1344], [2048], [512] * 4):
+        T = sum(lengths)
+        cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
+        psp = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=max(lengths),
+                              max_seqlen_kv=max(lengths))  # fmt: skip
+        g = torch.Generator(device="cuda").manual_seed(T)
+        q0, k0, v0 = (torch.randn(T, n, D, device="cuda", generator=g) for n in (H, G, G))
+        go = torch.randn(T, H * D, device="cuda", generator=g)
+        res = {}
+        for dtype in (torch.bfloat16, torch.float32):
+            cfg = transformer_config(hf, dtype=dtype, on_gpu=True)
+            for name, mod in (("packed", PackedAttention(cfg, 1)),
+                              ("mask", DotProductAttention(cfg, 1, AttnMaskType.causal, "self"))):  # fmt: skip
+                q, k, v = (x.to(dtype).requires_grad_() for x in (q0, k0, v0))
+                if name == "packed":
+                    out = mod(q, k, v, None, packed_seq_params=psp)
+                else:
+                    out = mod(q[:, None], k[:, None], v[:, None], block_causal_mask(cu.cpu(), T).cuda())[:, 0]
+                (out.float() * go).sum().backward()
+                res[(name, dtype)] = [x.float() for x in (out, q.grad, k.grad, v.grad)]
+        err = lambda a, b: max(float((x - y).abs().max()) for x, y in zip(res[a], res[b]))  # noqa: E731
+        rows.append({"lengths": lengths, "bf16_packed_vs_bf16_mask": err(("packed", torch.bfloat16), ("mask", torch.bfloat16)),
+                     "bf16_packed_vs_fp32_mask": err(("packed", torch.bfloat16), ("mask", torch.float32)),
+                     "bf16_mask_vs_fp32_mask": err(("mask", torch.bfloat16), ("mask", torch.float32)),
+                     "fp32_packed_vs_fp32_mask": err(("packed", torch.float32), ("mask", torch.float32))})  # fmt: skip
+    return rows
+
+
+def learner_bench_one(model: str, tokens: int, repeats: int, attention: str = "packed", recompute: str = "none") -> dict:
     from pipeline.advantages import group_advantages
     from pipeline.config import load_config
     from pipeline.learner.learner import Learner
@@ -82,8 +131,13 @@ def learner_bench(model: str, tokens: int, repeats: int) -> dict:
     from pipeline.trajectory import pack_micro_batches
 
     cfg = load_config(None, [f"model.hf_config={model}", "model.dtype=bfloat16", "optim.lr=1e-6",
-                             f"learner.micro_batch_tokens={tokens}"])  # fmt: skip
-    learner = Learner(cfg.model, cfg.parallel, cfg.optim, cfg.learner, cfg.loss)
+                             f"learner.micro_batch_tokens={tokens}", f"learner.attention={attention}",
+                             f"learner.recompute={recompute}"])  # fmt: skip
+    global _LEARNER
+    if _LEARNER is not None:  # one model per process: free the previous length's
+        del _LEARNER
+        torch.cuda.empty_cache()
+    learner = _LEARNER = Learner(cfg.model, cfg.parallel, cfg.optim, cfg.learner, cfg.loss)
     hf = learner.hf
     trajs = synthetic_trajectories(32, vocab_size=hf["vocab_size"], min_len=tokens // 4, max_len=tokens // 2, seed=0)
     mbs = pack_micro_batches(trajs, group_advantages(trajs, cfg.advantages), tokens)[0]
@@ -112,14 +166,17 @@ def learner_bench(model: str, tokens: int, repeats: int) -> dict:
             "echo_step_s": step, "grpo_step_s": statistics.median(times["grpo"]),
             "echo_overhead": step / statistics.median(times["grpo"]), "tokens_per_s": n_tok / step,
             "mfu": flops / step / peak, "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
-            "te_layers": learner.use_te, "logprob_impl": learner.logprob_impl,
+            "te_layers": learner.use_te, "logprob_impl": learner.logprob_impl, "attention": learner.attention,
+            "recompute": recompute, "micro_batch_tokens": tokens,
             "loss": m["loss"], "grad_norm": m["grad_norm"]}  # fmt: skip
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="configs/models/qwen3-1.7b.json")
-    ap.add_argument("--tokens", type=int, default=2048, help="micro-batch tokens (no flash attention without TE)")
+    ap.add_argument("--tokens", default="4096,8192,16384,32768", help="micro-batch token budgets, comma-separated")
+    ap.add_argument("--attention", default="packed", help="learner.attention: packed | mask | auto")
+    ap.add_argument("--recompute", default="none", help="learner.recompute: none | selective | full")
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--impls", default="chunked,megatron", help="log-prob impls to check (te needs TE)")
     ap.add_argument("--temperatures", default="0.8", help="comma-separated T for the log-prob check")
@@ -131,8 +188,17 @@ def main() -> None:
     for r in res["logprobs"]:
         print(r)
     if not a.no_learner:
-        res["learner"] = learner_bench(a.model, a.tokens, a.repeats)
-        print(json.dumps(res["learner"], indent=2))
+        res["attention"] = attention_check()
+        print(json.dumps(res["attention"], indent=2))
+        res["learner"] = []
+        for t in [int(x) for x in a.tokens.split(",")]:
+            try:
+                res["learner"].append(learner_bench_one(a.model, t, a.repeats, a.attention, a.recompute))
+            except torch.cuda.OutOfMemoryError as e:
+                res["learner"].append({"micro_batch_tokens": t, "error": f"OOM: {e}"[:300]})
+            print(json.dumps(res["learner"][-1], indent=2), flush=True)
+            if a.out:
+                Path(a.out).write_text(json.dumps(res, indent=2))
     if a.out:
         Path(a.out).write_text(json.dumps(res, indent=2))
 
