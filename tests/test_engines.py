@@ -1,6 +1,7 @@
 """Generation engines: the HF engine's log-probs equal a forward pass of the same weights;
 the weight-stream contract (order, checksum, version); a real vLLM CPU rollout."""
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -112,9 +113,10 @@ def test_vllm_server_engine_names_servers_that_never_come_up(tmp_path):
         VLLMServerEngine([dead], weights_dir=tmp_path, start_timeout_s=3)
 
 
-def test_vllm_server_engine_against_a_live_server(tmp_path):
-    """`vllm serve` (the OpenAI API server, CPU build) with our worker extension: token ids in,
-    token ids + log-probs out; weights through a shared directory and /collective_rpc."""
+@contextlib.contextmanager
+def live_server(tmp_path, *extra):
+    """`vllm serve` (the OpenAI API server, CPU build) with our worker extension on a tiny
+    random Qwen3; yields (url, the HF model, the server process)."""
     pytest.importorskip("vllm", reason="vLLM's CPU build is not installed")
     import os
     import shutil
@@ -124,7 +126,6 @@ def test_vllm_server_engine_against_a_live_server(tmp_path):
     import requests
     from transformers import AutoModelForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
-    from pipeline.engines.vllm_server import VLLMServerEngine
     from tests.helpers.dist import free_port
 
     torch.manual_seed(0)
@@ -137,45 +138,95 @@ def test_vllm_server_engine_against_a_live_server(tmp_path):
     server = subprocess.Popen(
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tmp_path / "m"), "--dtype", "float32",
          "--enforce-eager", "--kv-cache-memory-bytes", str(512 << 20), "--max-model-len", "512", "--port", str(port),
-         "--worker-extension-cls", "pipeline.engines.vllm.WeightLoader"],
-        env=dict(os.environ, VLLM_SERVER_DEV_MODE="1"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+         "--worker-extension-cls", "pipeline.engines.vllm.WeightLoader", *extra],
+        env=dict(os.environ, VLLM_SERVER_DEV_MODE="1"), stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"),
         start_new_session=True,
     )  # fmt: skip
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.time() + 300
         while True:
-            assert server.poll() is None and time.time() < deadline, "vllm server did not come up"
+            assert server.poll() is None and time.time() < deadline, (tmp_path / "server.log").read_text()[-3000:]
             try:
                 if requests.get(f"{url}/v1/models", timeout=2).ok:
                     break
             except requests.RequestException:
                 time.sleep(2)
+        yield url, AutoModelForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.float32).eval(), server
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=60)
+
+
+def gap(hf, prompt, g) -> float:
+    """Max |log p_hf - log p_sampler| over the sampled tokens."""
+    ids = torch.tensor([prompt + g.token_ids])
+    with torch.no_grad():
+        lp = torch.log_softmax(hf(ids).logits.float(), -1)[0, len(prompt) - 1 : -1]
+    return float((lp.gather(-1, torch.tensor(g.token_ids)[:, None])[:, 0] - torch.tensor(g.logprobs)).abs().max())
+
+
+def scaled(hf, factor: float):
+    hf.load_state_dict({n: p.detach().clone() * factor for n, p in hf.named_parameters()}, strict=False)
+    return hf
+
+
+def test_vllm_server_engine_against_a_live_server(tmp_path):
+    """Token ids in, token ids + log-probs out; weights through a shared directory and
+    /collective_rpc (engine.weight_transport=filesystem)."""
+    from pipeline.engines.vllm_server import VLLMServerEngine
+    from tests.helpers.dist import free_port
+
+    with live_server(tmp_path) as (url, hf, _):
         engine = VLLMServerEngine([url], weights_dir=tmp_path / "stream")
         served = engine.model
         engine.close()
         # a dead worker first in the rotation: dropped on its first request, the live one answers
         engine = VLLMServerEngine([f"http://127.0.0.1:{free_port()}", url], weights_dir=tmp_path / "stream", model=served)
-        hf = AutoModelForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.float32).eval()
-
-        def gap(prompt, g):
-            ids = torch.tensor([prompt + g.token_ids])
-            with torch.no_grad():
-                lp = torch.log_softmax(hf(ids).logits.float(), -1)[0, len(prompt) - 1 : -1]
-            return float((lp.gather(-1, torch.tensor(g.token_ids)[:, None])[:, 0] - torch.tensor(g.logprobs)).abs().max())
-
         prompt = [1, 2, 3, 4, 5]
         g = engine.submit(prompt, SamplingParams(max_tokens=6)).result()
-        assert len(g.token_ids) == 6 and g.finish_reason == "length" and gap(prompt, g) < 1e-3
-        halved = {n: p.detach().clone() * 0.5 for n, p in hf.named_parameters()}
-        hf.load_state_dict(halved, strict=False)
-        assert engine.update_weights(buckets_of(hf, version=1)) == 1
+        assert len(g.token_ids) == 6 and g.finish_reason == "length" and gap(hf, prompt, g) < 1e-3
+        assert engine.update_weights(buckets_of(scaled(hf, 0.5), version=1)) == 1
         g = engine.submit(prompt, SamplingParams(max_tokens=6)).result()
-        assert g.policy_version == 1 and gap(prompt, g) < 1e-3  # the server samples from the new weights
+        assert g.policy_version == 1 and gap(hf, prompt, g) < 1e-3  # the server samples from the new weights
         assert engine.live == [url]
         assert engine.update_weights(buckets_of(hf, version=2)) == 2  # bounded disk: only the served version stays
         assert sorted(p.name for p in (tmp_path / "stream").iterdir()) == ["v2"]
         engine.close()
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+
+
+def test_vllm_server_takes_weights_over_a_process_group_and_fails_fast_when_one_dies(tmp_path):
+    """engine.weight_transport=dist: the gloo backend registered through vLLM's plugin entry
+    point, buckets broadcast to the server's worker, no directory written; a bad checksum is
+    refused by the worker; a killed server fails the transfer in seconds naming it (no hang),
+    and with the fallback the version goes through the filesystem to the servers left."""
+    import time
+
+    from pipeline.engines.base import StreamAgain
+    from pipeline.engines.vllm_server import VLLMServerEngine
+
+    with live_server(tmp_path, "--weight-transfer-config", '{"backend": "gloo"}') as (url, hf, server):
+        engine = VLLMServerEngine([url], weights_dir=tmp_path / "stream", weight_transport="dist",
+                                  transfer_address="127.0.0.1", transfer_timeout_s=20)  # fmt: skip
+        prompt = [1, 2, 3, 4, 5]
+        for version, factor in ((1, 0.5), (2, 1.7)):  # the second reuses the group
+            assert engine.update_weights(buckets_of(scaled(hf, factor), version=version)) == version
+            g = engine.submit(prompt, SamplingParams(max_tokens=6)).result()
+            assert g.policy_version == version and gap(hf, prompt, g) < 1e-3, version
+        assert not (tmp_path / "stream").exists()  # nothing went through the filesystem
+        # the worker checks the stream's checksum: a corrupted version is not reported
+        with pytest.raises(StreamAgain, match="checksum mismatch"):
+            engine.update_weights(buckets_of(scaled(hf, 0.9), version=3, checksum="0" * 64))
+        assert engine.policy_version == 2
+        # the group is formed again for the next version after a failure
+        assert engine.update_weights(buckets_of(hf, version=3)) == 3
+        g = engine.submit(prompt, SamplingParams(max_tokens=6)).result()
+        assert gap(hf, prompt, g) < 1e-3
+        server.kill()
+        server.wait()
+        t0 = time.perf_counter()
+        with pytest.raises(EngineError, match=f"no vLLM server left.*{url}|{url}"):
+            engine.update_weights(buckets_of(scaled(hf, 0.5), version=4))
+        assert time.perf_counter() - t0 < 30  # no hang
+        engine.close()

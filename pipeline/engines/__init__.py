@@ -20,7 +20,10 @@ def make_engine(cfg: EngineConfig, hf_dir, *, logprob_temperature: float, seed: 
 
     return VLLMServerEngine(cfg.server_urls, weights_dir=weights_dir or f"{hf_dir}/stream",
                             timeout_s=cfg.request_timeout_s, start_timeout_s=cfg.server_start_timeout_s,
-                            logprob_temperature=logprob_temperature)  # fmt: skip
+                            logprob_temperature=logprob_temperature, weight_transport=cfg.weight_transport,
+                            transfer_address=cfg.weight_transfer_address, transfer_port=cfg.weight_transfer_port,
+                            transfer_timeout_s=cfg.weight_transfer_timeout_s,
+                            transfer_fallback=cfg.weight_transport_fallback)  # fmt: skip
 
 
 __all__ = ["Engine", "EngineConfig", "EngineError", "Generation", "SamplingParams", "make_engine"]

@@ -36,6 +36,11 @@ class EngineConfig:
     request_timeout_s: float = 600.0  # vllm_server: per request
     server_start_timeout_s: float = 1800.0  # vllm_server: how long to wait for the servers to answer
     vllm_kwargs: dict = field(default_factory=dict)  # extra vllm.LLM(...) arguments (e.g. tensor_parallel_size)
+    weight_transport: str = "filesystem"  # vllm_server: filesystem (RUN_DIR/engine_model/stream/vN) | dist (a process group: gloo here, pipeline/engines/gloo_transfer.py)
+    weight_transfer_address: str = ""  # dist: this learner's address as the servers reach it ("" = its hostname's)
+    weight_transfer_port: int = 0  # dist: the rendezvous port on the learner (0 = any free one)
+    weight_transfer_timeout_s: float = 600.0  # dist: bound on every collective and request of one version
+    weight_transport_fallback: bool = True  # dist: a version that fails over the group goes through the filesystem
 
     def check(self) -> list[tuple[str, str]]:
         errs = []
@@ -43,6 +48,12 @@ class EngineConfig:
             errs.append(("backend", f"must be hf, vllm or vllm_server, got {self.backend!r}"))
         if self.backend == "vllm_server" and not self.server_urls:
             errs.append(("server_urls", "vllm_server needs at least one URL"))
+        if self.weight_transport not in ("filesystem", "dist"):
+            errs.append(("weight_transport", f"must be filesystem or dist, got {self.weight_transport!r}"))
+        if self.weight_transport == "dist" and self.backend != "vllm_server":
+            errs.append(("weight_transport", "dist is for backend vllm_server (local engines share the learner's memory)"))
+        if self.weight_transfer_timeout_s <= 0:
+            errs.append(("weight_transfer_timeout_s", f"must be > 0, got {self.weight_transfer_timeout_s}"))
         if self.max_batch < 1:
             errs.append(("max_batch", f"must be ≥ 1, got {self.max_batch}"))
         return errs
@@ -67,6 +78,12 @@ class Generation:
 
 class EngineError(RuntimeError):
     """Generation failed (the engine, not the model's output)."""
+
+
+class StreamAgain(EngineError):
+    """The version did not reach the engine over its fast transport, and the engine can
+    take it over its fallback: the learner streams the same version once more
+    (``update_weights(stream, transport="filesystem")``)."""
 
 
 class Engine(abc.ABC):

@@ -33,18 +33,10 @@ class WeightLoader:
     def _load(self, items) -> int:
         # vLLM's in-place reload: load_weights, then redo the post-load processing (CPU
         # kernels repack weights, so a bare model.load_weights would not reach them)
+        from pipeline.engines.gloo_transfer import refresh_tied_head
+
         self.reload_weights(weights_iterator=iter(items), is_checkpoint_format=True)  # type: ignore[attr-defined]
-        model = self.model_runner.model  # type: ignore[attr-defined]
-        head, embed = getattr(model, "lm_head", None), getattr(getattr(model, "model", None), "embed_tokens", None)
-        if getattr(model.config, "tie_word_embeddings", False) and head is not None and embed is not None:
-            # A tied lm_head is never "loaded", so the reload does not redo its post-load step;
-            # on CPU that step packs the weight for the GEMM kernel, and the head kept sampling
-            # from the old weights (measured: a 0.1 log-prob error after an update). Redo it.
-            if head.weight.data_ptr() != embed.weight.data_ptr():
-                head.weight.data.copy_(embed.weight.data)
-            method = getattr(head, "quant_method", None)
-            if method is not None and hasattr(method, "process_weights_after_loading"):
-                method.process_weights_after_loading(head)
+        refresh_tied_head(self.model_runner.model)  # type: ignore[attr-defined]
         return len(items)
 
     def echo_load_weights_from_dir(self, path_json: str) -> int:

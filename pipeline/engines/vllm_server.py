@@ -33,7 +33,7 @@ from pathlib import Path
 
 import requests
 
-from pipeline.engines.base import Engine, EngineError, Generation, SamplingParams, apply_buckets
+from pipeline.engines.base import Engine, EngineError, Generation, SamplingParams, StreamAgain, apply_buckets
 
 
 class _Unreachable(Exception):
@@ -43,7 +43,8 @@ class _Unreachable(Exception):
 class VLLMServerEngine(Engine):
     def __init__(self, urls: list[str], *, weights_dir: str | Path, model: str | None = None,
                  timeout_s: float = 600.0, start_timeout_s: float = 60.0, max_inflight: int = 256,
-                 logprob_temperature: float = 1.0):  # fmt: skip
+                 logprob_temperature: float = 1.0, weight_transport: str = "filesystem", transfer_address: str = "",
+                 transfer_port: int = 0, transfer_timeout_s: float = 600.0, transfer_fallback: bool = True):  # fmt: skip
         self.urls = [u.rstrip("/") for u in urls]
         self.live = list(self.urls)
         self._lock = threading.Lock()
@@ -53,6 +54,11 @@ class VLLMServerEngine(Engine):
         self._turn = itertools.count()
         self._pool = ThreadPoolExecutor(max_workers=max_inflight, thread_name_prefix="vllm-http")
         self.model = model or self._wait_for_servers(start_timeout_s)
+        self.transport, self.fallback, self._dist = weight_transport, transfer_fallback, None
+        if weight_transport == "dist":
+            from pipeline.engines.dist_weights import DistTransport
+
+            self._dist = DistTransport(self, address=transfer_address, port=transfer_port, timeout_s=transfer_timeout_s)
 
     def _wait_for_servers(self, timeout_s: float) -> str:
         """Poll /v1/models on every server until all answer; the served model's name."""
@@ -119,12 +125,53 @@ class VLLMServerEngine(Engine):
         stopped = bool(toks) and toks[-1] in p.stop_token_ids
         return Generation(toks, lps, "stop" if stopped else "length", version)
 
-    def update_weights(self, buckets) -> int:
-        """Write the version to ``weights_dir/v{version}`` (safetensors), then have every
-        server load it. Servers must see the same filesystem."""
-        return self.apply_staged(self.stage_weights(buckets))
+    def update_weights(self, buckets, *, transport: str | None = None) -> int:
+        """One version to every server: over the process group (``dist``), or written to
+        ``weights_dir/v{version}`` (safetensors) and loaded by each server from there
+        (``filesystem``: servers must see the same filesystem)."""
+        if (transport or self.transport) == "dist":
+            from pipeline.engines.dist_weights import TransferFailed
 
-    def stage_weights(self, buckets) -> tuple[int, Path]:
+            try:
+                return self._served(self._dist.send(buckets))
+            except TransferFailed as e:
+                self._transfer_failed(e)
+                raise StreamAgain(str(e)) from e
+        return self._load_from_dir(self._write_version(buckets))
+
+    def _served(self, version: int) -> int:
+        for old in self.weights_dir.glob("v*"):  # a fallback's directories, once a newer version is served
+            if old.is_dir() and old.name[1:].isdigit() and int(old.name[1:]) <= version:
+                shutil.rmtree(old, ignore_errors=True)
+        self.policy_version = version
+        return version
+
+    def _transfer_failed(self, e) -> None:
+        if not self.live:
+            raise EngineError(f"no vLLM server left of {self.urls} to load weights ({e})") from e
+        if not self.fallback:
+            raise EngineError(f"{e} (engine.weight_transport_fallback=false)") from e
+        print(f"vllm_server: {e}; this version goes through the filesystem", flush=True)
+
+    def stage_weights(self, buckets):
+        """``dist``: a host copy (sent between batches); ``filesystem``: the version's directory."""
+        if self.transport == "dist":
+            return ("dist", Engine.stage_weights(self, buckets))
+        return ("filesystem", self._write_version(buckets))
+
+    def apply_staged(self, staged) -> int:
+        kind, data = staged
+        if kind == "dist":
+            from pipeline.engines.dist_weights import TransferFailed
+
+            try:
+                return self._served(self._dist.send(iter(data)))
+            except TransferFailed as e:
+                self._transfer_failed(e)
+                data = self._write_version(iter(data))
+        return self._load_from_dir(data)
+
+    def _write_version(self, buckets) -> tuple[int, Path]:
         """Write the version to ``weights_dir/v{version}``; no server loads it yet."""
         from safetensors.torch import save_file
 
@@ -135,8 +182,8 @@ class VLLMServerEngine(Engine):
         save_file(staged, str(out / "model.safetensors"))
         return version, out
 
-    def apply_staged(self, staged: tuple[int, Path]) -> int:
-        """Every live server loads the staged directory; then the older versions go
+    def _load_from_dir(self, staged: tuple[int, Path]) -> int:
+        """Every live server loads the version's directory; then the older versions go
         (bounded disk; a newer one staged meanwhile stays)."""
         version, out = staged
         for url in list(self.live):
@@ -159,4 +206,7 @@ class VLLMServerEngine(Engine):
         return version
 
     def close(self) -> None:
+        if self._dist is not None:
+            self._dist.close()
+            self._dist = None
         self._pool.shutdown(wait=False, cancel_futures=True)

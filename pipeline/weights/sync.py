@@ -24,13 +24,31 @@ def _stream(learner, dtype: torch.dtype | None = None):
 
 
 def sync_engine(learner, engine) -> int:
-    """Stream the learner's current weights into ``engine`` (None on ranks other than 0)."""
+    """Stream the learner's current weights into ``engine`` (None on ranks other than 0).
+
+    An engine whose fast transport failed for this version (``StreamAgain``: the
+    ``vllm_server`` engine's process group) takes it once more over its fallback; rank 0
+    tells every rank whether to stream again (the stream is a collective of all ranks)."""
+    from pipeline.engines.base import StreamAgain
+    from pipeline.learner.parallel import handover
+
+    version, again = learner.step, False
     stream = _stream(learner)
     if engine is None:
         for _ in stream:  # take part in the collectives
             pass
-        return learner.step
-    version = engine.update_weights(stream)
+    else:
+        try:
+            version = engine.update_weights(stream)
+        except StreamAgain:
+            again = True
+    if handover(again):
+        stream = _stream(learner)
+        if engine is None:
+            for _ in stream:
+                pass
+        else:
+            version = engine.update_weights(stream, transport="filesystem")
     if version != learner.step:
         raise RuntimeError(f"engine reports weights version {version}, the learner is at {learner.step}")
     return version

@@ -19,7 +19,8 @@ def main() -> None:
     from pipeline.trajectory import pack_micro_batches
 
     tp = int(sys.argv[2])
-    cfg = load_config(None, [f"parallel.tensor={tp}", "model.hf_config=configs/models/qwen3-tiny.json"])
+    cfg = load_config(None, [f"parallel.tensor={tp}", "model.hf_config=configs/models/qwen3-tiny.json",
+                           "learner.attention=mask"])  # calls the model with a mask itself
     learner = Learner(cfg.model, cfg.parallel, cfg.optim, cfg.learner, cfg.loss, seed=3)
     group = parallel_state.get_tensor_model_parallel_group()
     rank = parallel_state.get_tensor_model_parallel_rank()
