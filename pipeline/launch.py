@@ -13,7 +13,10 @@ Where it sits: ``sbatch slurm/echo_14b.sbatch`` → slurm/env.sh → **launch** 
 
 Trajectories flow to the learner as HTTP responses; weights flow back through the shared
 filesystem (``RUN_DIR/engine_model/stream/v{N}``, loaded by every server through
-``/collective_rpc``), so the weight-version contract of ``update_weights`` holds. A job
+``/collective_rpc``), or with ``engine.weight_transport=dist`` over one process group
+(servers get ``--weight-transfer-config {"backend": "gloo"}``, the learner its own node's
+name as ``engine.weight_transfer_address``: rank 0 hosts the rendezvous and tells each
+server its rank offset), so the weight-version contract of ``update_weights`` holds. A job
 with one node runs both components on it (the CPU test in CI). Nothing here is a new RPC
 layer: Slurm places, vLLM serves, torch.distributed trains.
 
@@ -27,6 +30,7 @@ command, which resumes from ``RUN_DIR/ckpt``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import shutil
@@ -85,6 +89,8 @@ def plan(cfg, recipe: str, overrides: list[str], hosts: list[str], *, job_id: st
                      "--port", str(port), "--timeout", f"{c.server_start_timeout_s:g}", "--",
                      "--tensor-parallel-size", str(c.vllm_tensor_parallel),
                      "--max-model-len", str(cfg.rollout.max_context_tokens), *c.vllm_args]  # fmt: skip
+            if cfg.engine.weight_transport == "dist":  # the learner pushes weights over a process group
+                argv += ["--weight-transfer-config", json.dumps({"backend": "gloo"})]
             if not gpus and not {"--kv-cache-memory-bytes", "--gpu-memory-utilization"} & set(c.vllm_args):
                 # a CPU server sizes its KV cache from its NUMA node, which can be a fraction of
                 # the machine: a fixed 1 GiB unless the recipe says otherwise
@@ -98,6 +104,8 @@ def plan(cfg, recipe: str, overrides: list[str], hosts: list[str], *, job_id: st
     learner += [python, "-m", "torch.distributed.run", f"--nnodes={len(learners)}", f"--nproc-per-node={max(gpus, 1)}",
                 "--rdzv-backend=c10d", f"--rdzv-endpoint={learners[0]}:{c.master_port}", f"--rdzv-id={job_id}",
                 "-m", "pipeline.cli", "train", recipe, *overrides, "engine.backend=vllm_server", server_urls]  # fmt: skip
+    if cfg.engine.weight_transport == "dist":  # learner rank 0 (first learner node) hosts the group's rendezvous
+        learner.append(f"engine.weight_transfer_address={learners[0]}")
     steps.append(Step("learner", learners[0], learner, logs / "learner-0.log"))
     return steps
 

@@ -24,6 +24,13 @@ export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton-$(id -un)}
 # NCCL / torch.distributed: fail loudly instead of hanging.
 export TORCH_NCCL_ASYNC_ERROR_HANDLING=1
 export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
+# Which network the collectives use. The learner's NCCL groups pick an interface themselves;
+# set NCCL_SOCKET_IFNAME (e.g. ib0, or ^lo,docker) and NCCL_IB_HCA where a node has several.
+# engine.weight_transport=dist (weights from learner rank 0 to every vLLM server) is a gloo
+# group over TCP: GLOO_SOCKET_IFNAME picks its interface on every side (learner and servers;
+# it must reach the learner's first node, whose name launch.py passes as
+# engine.weight_transfer_address). engine.weight_transfer_timeout_s bounds each transfer.
+[ -n "${ECHO_NET_IFNAME:-}" ] && export NCCL_SOCKET_IFNAME=$ECHO_NET_IFNAME GLOO_SOCKET_IFNAME=$ECHO_NET_IFNAME
 export CUDA_DEVICE_MAX_CONNECTIONS=1  # Megatron's TP/sequence-parallel overlap needs it
 
 # vLLM on the rollout nodes: dev mode exposes /collective_rpc (weight reloads).

@@ -121,25 +121,34 @@ def plan(cfg, a) -> str:
         f"{flops / (gpus * peak * a.mfu):.0f} s",
         "",
         f"## weight sync per step: {sync_bytes / GIB:.1f} GiB (bf16)",
-        f"- shared filesystem (the built transport): rank 0 writes once, each of {servers} servers reads it: "
+        f"- shared filesystem (engine.weight_transport=filesystem): rank 0 writes once, each of {servers} servers reads it: "
         f"{sync_bytes / (a.fs_gbps * 1e9):.0f} s write + {servers * sync_bytes / (a.fs_gbps * 1e9 * max(c.rollout_nodes, 1)):.0f} s "
         f"reads at {a.fs_gbps:g} GB/s per node",
-        f"- NCCL broadcast (not built): {sync_bytes / (a.net_gbps * 1e9):.1f} s at {a.net_gbps:g} GB/s",
+        f"- process group (engine.weight_transport=dist), gloo over TCP as built: rank 0 sends each of the "
+        f"{servers} servers' workers its copy: {servers * sync_bytes / (a.net_gbps * 1e9):.1f} s at {a.net_gbps:g} GB/s "
+        f"from the learner's node",
+        f"- the same group on NCCL (ring/tree broadcast, the wire protocol unchanged; not built): "
+        f"{sync_bytes / (a.net_gbps * 1e9):.1f} s at {a.net_gbps:g} GB/s",
     ]
     decode = sampled / (servers * a.decode_tps)
     learn = flops / (gpus * peak * a.mfu)
     write = sync_bytes / (a.fs_gbps * 1e9)
     read = servers * sync_bytes / (a.fs_gbps * 1e9 * max(c.rollout_nodes, 1))
     serial, overlapped = decode + learn + write + read, max(decode + read, learn + write)
+    push = servers * sync_bytes / (a.net_gbps * 1e9)
     out += [
         "",
         "## step time, serial vs overlapped (rollout.max_staleness)",
-        f"- serial (0): decode + learn + write + read = {decode:.0f} + {learn:.0f} + {write:.0f} + {read:.0f} = {serial:.0f} s",
-        f"- overlapped (≥ 1): the learner trains step t (then writes the weights) while the servers decode batch t+1 "
-        f"(then read the weights): max({decode:.0f} + {read:.0f}, {learn:.0f} + {write:.0f}) = {overlapped:.0f} s "
-        f"({serial / overlapped:.2f}× the serial rate; "
+        f"- serial (0), filesystem: decode + learn + write + read = {decode:.0f} + {learn:.0f} + {write:.0f} + "
+        f"{read:.0f} = {serial:.0f} s",
+        f"- overlapped (≥ 1), filesystem: the learner trains step t (then writes the weights) while the servers decode "
+        f"batch t+1 (then read the weights): max({decode:.0f} + {read:.0f}, {learn:.0f} + {write:.0f}) = "
+        f"{overlapped:.0f} s ({serial / overlapped:.2f}× the serial rate; "
         f"{'the learner' if learn + write < decode + read else 'the rollout side'} waits "
         f"{abs((decode + read) - (learn + write)):.0f} s a step)",
+        f"- serial (0), dist: {decode:.0f} + {learn:.0f} + {push:.1f} = {decode + learn + push:.0f} s; overlapped "
+        f"(≥ 1), dist (the push is on both sides' path): max({decode:.0f}, {learn:.0f}) + {push:.1f} = "
+        f"{max(decode, learn) + push:.0f} s",
     ]
     return "\n".join(out)
 

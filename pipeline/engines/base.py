@@ -36,7 +36,7 @@ class EngineConfig:
     request_timeout_s: float = 600.0  # vllm_server: per request
     server_start_timeout_s: float = 1800.0  # vllm_server: how long to wait for the servers to answer
     vllm_kwargs: dict = field(default_factory=dict)  # extra vllm.LLM(...) arguments (e.g. tensor_parallel_size)
-    weight_transport: str = "filesystem"  # vllm_server: filesystem (RUN_DIR/engine_model/stream/vN) | dist (a process group: gloo here, pipeline/engines/gloo_transfer.py)
+    weight_transport: str = "filesystem"  # vllm_server (what launch.py runs): filesystem (RUN_DIR/engine_model/stream/vN) | dist (a process group: pipeline/engines/gloo_transfer.py); local engines take weights in memory either way
     weight_transfer_address: str = ""  # dist: this learner's address as the servers reach it ("" = its hostname's)
     weight_transfer_port: int = 0  # dist: the rendezvous port on the learner (0 = any free one)
     weight_transfer_timeout_s: float = 600.0  # dist: bound on every collective and request of one version
@@ -50,8 +50,6 @@ class EngineConfig:
             errs.append(("server_urls", "vllm_server needs at least one URL"))
         if self.weight_transport not in ("filesystem", "dist"):
             errs.append(("weight_transport", f"must be filesystem or dist, got {self.weight_transport!r}"))
-        if self.weight_transport == "dist" and self.backend != "vllm_server":
-            errs.append(("weight_transport", "dist is for backend vllm_server (local engines share the learner's memory)"))
         if self.weight_transfer_timeout_s <= 0:
             errs.append(("weight_transfer_timeout_s", f"must be > 0, got {self.weight_transfer_timeout_s}"))
         if self.max_batch < 1:
