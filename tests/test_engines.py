@@ -113,6 +113,16 @@ def test_vllm_server_engine_names_servers_that_never_come_up(tmp_path):
         VLLMServerEngine([dead], weights_dir=tmp_path, start_timeout_s=3)
 
 
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One live server for both transports (it is started with the gloo weight-transfer
+    backend, and loads directories through /collective_rpc as well); the dist test, last,
+    kills it."""
+    tmp = tmp_path_factory.mktemp("vllm-server")
+    with live_server(tmp, "--weight-transfer-config", '{"backend": "gloo"}') as (url, hf, proc):
+        yield tmp, url, hf, proc
+
+
 @contextlib.contextmanager
 def live_server(tmp_path, *extra):
     """`vllm serve` (the OpenAI API server, CPU build) with our worker extension on a tiny
@@ -172,31 +182,31 @@ def scaled(hf, factor: float):
     return hf
 
 
-def test_vllm_server_engine_against_a_live_server(tmp_path):
+def test_vllm_server_engine_against_a_live_server(server):
     """Token ids in, token ids + log-probs out; weights through a shared directory and
     /collective_rpc (engine.weight_transport=filesystem)."""
     from pipeline.engines.vllm_server import VLLMServerEngine
     from tests.helpers.dist import free_port
 
-    with live_server(tmp_path) as (url, hf, _):
-        engine = VLLMServerEngine([url], weights_dir=tmp_path / "stream")
-        served = engine.model
-        engine.close()
-        # a dead worker first in the rotation: dropped on its first request, the live one answers
-        engine = VLLMServerEngine([f"http://127.0.0.1:{free_port()}", url], weights_dir=tmp_path / "stream", model=served)
-        prompt = [1, 2, 3, 4, 5]
-        g = engine.submit(prompt, SamplingParams(max_tokens=6)).result()
-        assert len(g.token_ids) == 6 and g.finish_reason == "length" and gap(hf, prompt, g) < 1e-3
-        assert engine.update_weights(buckets_of(scaled(hf, 0.5), version=1)) == 1
-        g = engine.submit(prompt, SamplingParams(max_tokens=6)).result()
-        assert g.policy_version == 1 and gap(hf, prompt, g) < 1e-3  # the server samples from the new weights
-        assert engine.live == [url]
-        assert engine.update_weights(buckets_of(hf, version=2)) == 2  # bounded disk: only the served version stays
-        assert sorted(p.name for p in (tmp_path / "stream").iterdir()) == ["v2"]
-        engine.close()
+    tmp_path, url, hf, _ = server
+    engine = VLLMServerEngine([url], weights_dir=tmp_path / "stream")
+    served = engine.model
+    engine.close()
+    # a dead worker first in the rotation: dropped on its first request, the live one answers
+    engine = VLLMServerEngine([f"http://127.0.0.1:{free_port()}", url], weights_dir=tmp_path / "stream", model=served)
+    prompt = [1, 2, 3, 4, 5]
+    g = engine.submit(prompt, SamplingParams(max_tokens=6)).result()
+    assert len(g.token_ids) == 6 and g.finish_reason == "length" and gap(hf, prompt, g) < 1e-3
+    assert engine.update_weights(buckets_of(scaled(hf, 0.5), version=1)) == 1
+    g = engine.submit(prompt, SamplingParams(max_tokens=6)).result()
+    assert g.policy_version == 1 and gap(hf, prompt, g) < 1e-3  # the server samples from the new weights
+    assert engine.live == [url]
+    assert engine.update_weights(buckets_of(hf, version=2)) == 2  # bounded disk: only the served version stays
+    assert sorted(p.name for p in (tmp_path / "stream").iterdir()) == ["v2"]
+    engine.close()
 
 
-def test_vllm_server_takes_weights_over_a_process_group_and_fails_fast_when_one_dies(tmp_path):
+def test_vllm_server_takes_weights_over_a_process_group_and_fails_fast_when_one_dies(server):
     """engine.weight_transport=dist: the gloo backend registered through vLLM's plugin entry
     point, buckets broadcast to the server's worker, no directory written; a bad checksum is
     refused by the worker; a killed server fails the transfer in seconds naming it (no hang),
@@ -206,27 +216,32 @@ def test_vllm_server_takes_weights_over_a_process_group_and_fails_fast_when_one_
     from pipeline.engines.base import StreamAgain
     from pipeline.engines.vllm_server import VLLMServerEngine
 
-    with live_server(tmp_path, "--weight-transfer-config", '{"backend": "gloo"}') as (url, hf, server):
-        engine = VLLMServerEngine([url], weights_dir=tmp_path / "stream", weight_transport="dist",
-                                  transfer_address="127.0.0.1", transfer_timeout_s=20)  # fmt: skip
-        prompt = [1, 2, 3, 4, 5]
-        for version, factor in ((1, 0.5), (2, 1.7)):  # the second reuses the group
-            assert engine.update_weights(buckets_of(scaled(hf, factor), version=version)) == version
-            g = engine.submit(prompt, SamplingParams(max_tokens=6)).result()
-            assert g.policy_version == version and gap(hf, prompt, g) < 1e-3, version
-        assert not (tmp_path / "stream").exists()  # nothing went through the filesystem
-        # the worker checks the stream's checksum: a corrupted version is not reported
-        with pytest.raises(StreamAgain, match="checksum mismatch"):
-            engine.update_weights(buckets_of(scaled(hf, 0.9), version=3, checksum="0" * 64))
-        assert engine.policy_version == 2
-        # the group is formed again for the next version after a failure
-        assert engine.update_weights(buckets_of(hf, version=3)) == 3
+    tmp_path, url, hf, proc = server
+    engine = VLLMServerEngine([url], weights_dir=tmp_path / "stream-dist", weight_transport="dist",
+                              transfer_address="127.0.0.1", transfer_timeout_s=20)  # fmt: skip
+    prompt = [1, 2, 3, 4, 5]
+    for version, factor in ((1, 0.5), (2, 1.7)):  # the second reuses the group
+        assert engine.update_weights(buckets_of(scaled(hf, factor), version=version)) == version
         g = engine.submit(prompt, SamplingParams(max_tokens=6)).result()
-        assert gap(hf, prompt, g) < 1e-3
-        server.kill()
-        server.wait()
-        t0 = time.perf_counter()
-        with pytest.raises(EngineError, match=f"no vLLM server left.*{url}|{url}"):
-            engine.update_weights(buckets_of(scaled(hf, 0.5), version=4))
-        assert time.perf_counter() - t0 < 30  # no hang
-        engine.close()
+        assert g.policy_version == version and gap(hf, prompt, g) < 1e-3, version
+    assert not (tmp_path / "stream-dist").exists()  # nothing went through the filesystem
+    # the worker checks the stream's checksum: a corrupted version is not reported
+    with pytest.raises(StreamAgain, match="checksum mismatch"):
+        engine.update_weights(buckets_of(scaled(hf, 0.9), version=3, checksum="0" * 64))
+    assert engine.policy_version == 2
+    # what sync_engine then does: the same version streamed again, through the filesystem
+    assert engine.update_weights(buckets_of(hf, version=3), transport="filesystem") == 3
+    g = engine.submit(prompt, SamplingParams(max_tokens=6)).result()
+    assert g.policy_version == 3 and gap(hf, prompt, g) < 1e-3
+    assert (tmp_path / "stream-dist" / "v3").is_dir()
+    # the group is formed again for the next version; the fallback's directory goes
+    assert engine.update_weights(buckets_of(scaled(hf, 1.1), version=4)) == 4
+    g = engine.submit(prompt, SamplingParams(max_tokens=6)).result()
+    assert gap(hf, prompt, g) < 1e-3 and not list((tmp_path / "stream-dist").iterdir())
+    proc.kill()
+    proc.wait()
+    t0 = time.perf_counter()
+    with pytest.raises(EngineError, match=f"no vLLM server left.*{url}|{url}"):
+        engine.update_weights(buckets_of(scaled(hf, 0.5), version=5))
+    assert time.perf_counter() - t0 < 30  # no hang
+    engine.close()
