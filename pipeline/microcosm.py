@@ -37,7 +37,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-CURVE_FIELDS = ["experiment", "arm", "seed", "step", "solve_rate", "probe_ce", "train_solve_rate", "loss", "seconds"]
+CURVE_FIELDS = ["experiment", "arm", "seed", "step", "solve_rate", "probe_ce", "train_solve_rate", "loss", "seconds",
+                "per_maze", "ci_lo", "ci_hi", "verdict"]  # per_maze: each evaluation maze's solve fraction, in order
 
 
 @dataclass
@@ -53,13 +54,15 @@ class MicrocosmConfig:
     eval_every: int = 5  # steps between evaluations (and the last step)
     eval_mazes: int = 48  # fresh evaluation mazes per seed
     eval_samples: int = 2  # sampled episodes per evaluation maze
+    reach_targets: list[float] = field(default_factory=lambda: [0.5, 0.8])  # "steps to reach" these solve rates
     probe_mazes: int = 32  # held-out BFS-expert trajectories for the world-model probe
     # supervised
-    sup_mazes: int = 512  # BFS-expert trajectories to imitate
+    sup_mazes: int = 512  # BFS-expert trajectories to imitate (0: sup_batch fresh mazes every step)
     sup_steps: int = 60
     sup_batch: int = 32  # trajectories per step
     sup_lr: float = 2e-3
     sup_env_coef: float = 1.0  # λ on the OUTPUT CE in the ACTION+OUTPUT arm
+    sup_optim: dict = field(default_factory=dict)  # extra OptimConfig fields of imitation (supervised, warm start)
     # rl: warm start, then GRPO / ECHO arms
     warm_mazes: int = 256  # random walks (no straight reversals) imitated by the warm start
     warm_steps: int = 40
@@ -154,7 +157,7 @@ class Agent:
     """A Megatron learner and the HF engine that samples from its weights."""
 
     def __init__(self, world: World, mode: str, env_coef: float, lr: float, load: str = "", workdir: Path | None = None,
-                 loss: dict | None = None):  # fmt: skip
+                 loss: dict | None = None, optim: dict | None = None):  # fmt: skip
         from pipeline.engines.hf import HFEngine
         from pipeline.learner.config import LearnerConfig, ModelConfig, OptimConfig, ParallelConfig
         from pipeline.learner.learner import Learner
@@ -167,7 +170,7 @@ class Agent:
                 sock.bind(("127.0.0.1", 0))
                 os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
         model = ModelConfig(hf_config=world.mc.model, load=load, tokenizer=str(world.tok_dir))
-        self.learner = Learner(model, ParallelConfig(backend="gloo"), OptimConfig(lr=lr, grad_clip=1.0),
+        self.learner = Learner(model, ParallelConfig(backend="gloo"), OptimConfig(**{"lr": lr, "grad_clip": 1.0, **(optim or {})}),
                                LearnerConfig(micro_batch_tokens=world.mc.micro_batch_tokens),
                                LossConfig(mode=mode, env_coef=env_coef, **(loss or {})), seed=world.seed)  # fmt: skip
         hf_dir = export_hf_dir(self.learner, (workdir or world.root) / "engine_model", tokenizer_dir=world.tok_dir)
@@ -189,8 +192,13 @@ class Agent:
 
         trajs = self.world.rollouts(self.engine, tasks, self.world.mc.eval_samples, 10_000 + step)
         ok = [t for t in trajs if not t.infra_error]
+        per_task: dict[str, list[float]] = {}
+        for t in ok:
+            per_task.setdefault(t.task_id, []).append(t.reward)
+        per_maze = [sum(v) / len(v) if (v := per_task.get(t.task_id)) else float("nan") for t in tasks]  # nan: infra only
         probe = world_model_probe(self.learner, self.world.probe, self.world.mc.micro_batch_tokens)
-        return {"solve_rate": sum(t.reward for t in ok) / max(len(ok), 1), "probe_ce": probe["probe/output_ce"]}
+        return {"solve_rate": sum(t.reward for t in ok) / max(len(ok), 1), "probe_ce": probe["probe/output_ce"],
+                "per_maze": " ".join(f"{v:.4g}" for v in per_maze)}
 
     def close(self):
         self.engine.close()
@@ -200,7 +208,8 @@ def _row(experiment, arm, seed, step, ev, train=None, t0=0.0) -> dict:
     train = train or {}
     return {"experiment": experiment, "arm": arm, "seed": seed, "step": step, "solve_rate": ev.get("solve_rate", ""),
             "probe_ce": ev.get("probe_ce", ""), "train_solve_rate": train.get("pass", ""),
-            "loss": train.get("loss", ""), "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+            "loss": train.get("loss", ""), "seconds": round(time.perf_counter() - t0, 1),
+            "per_maze": ev.get("per_maze", "")}  # fmt: skip
 
 
 def _run_dir(world: World, name: str, keys: dict) -> Path:
@@ -230,12 +239,13 @@ def _save_curve(run_dir: Path, rows: list[dict]) -> list[dict]:
 
 def _imitate(world: World, agent: Agent, data, steps: int, batch: int, experiment: str, arm: str, t0: float,
              eval_tasks=None) -> list[dict]:  # fmt: skip
+    """``data``: a pool to sample ``batch`` trajectories from per step, or a callable step → that step's batch."""
     rng = random.Random(world.seed)
     rows = []
     if eval_tasks is not None:
         rows.append(_row(experiment, arm, world.seed, 0, agent.evaluate(eval_tasks, 0), t0=t0))
     for step in range(steps):
-        picked = rng.sample(data, min(batch, len(data)))
+        picked = data(step) if callable(data) else rng.sample(data, min(batch, len(data)))
         m = agent.train(picked, [0.0] * len(picked), step)
         if eval_tasks is not None and ((step + 1) % world.mc.eval_every == 0 or step + 1 == steps):
             rows.append(_row(experiment, arm, world.seed, step + 1, agent.evaluate(eval_tasks, step + 1),
@@ -248,13 +258,18 @@ def supervised_arm(world: World, arm: str) -> list[dict]:
     mc = world.mc
     coef = 0.0 if arm == "action" else mc.sup_env_coef
     keys = {k: getattr(mc, k) for k in ("model", "train_sizes", "max_turns", "temperature", "eval_every", "eval_mazes",
-                                        "eval_samples", "probe_mazes", "sup_mazes", "sup_steps", "sup_batch", "sup_lr")}  # fmt: skip
+                                        "eval_samples", "probe_mazes", "sup_mazes", "sup_steps", "sup_batch", "sup_lr",
+                                        "sup_optim", "micro_batch_tokens")}  # fmt: skip
     run_dir = _run_dir(world, f"supervised-{arm}", {**keys, "coef": coef})
     if (rows := _cached(run_dir)) is not None:
         return rows
     t0 = time.perf_counter()
-    data = [t for t in world.reference(world.tasks(mc.train_sizes, mc.sup_mazes, 4), "bfs") if t.reward >= 1]
-    agent = Agent(world, "sft", coef, mc.sup_lr, workdir=run_dir)
+    expert = lambda tasks: [t for t in world.reference(tasks, "bfs") if t.reward >= 1]  # noqa: E731
+    if mc.sup_mazes:
+        data = expert(world.tasks(mc.train_sizes, mc.sup_mazes, 4))
+    else:  # fresh mazes every step, the same for both arms (offsets past every other stream)
+        data = lambda step: expert(world.tasks(mc.train_sizes, mc.sup_batch, 100_000 + step))  # noqa: E731
+    agent = Agent(world, "sft", coef, mc.sup_lr, workdir=run_dir, optim=mc.sup_optim)
     try:
         rows = _imitate(world, agent, data, mc.sup_steps, mc.sup_batch, "supervised", arm, t0, world.eval_tasks)
     finally:
@@ -264,8 +279,9 @@ def supervised_arm(world: World, arm: str) -> list[dict]:
 
 def _rl_keys(mc: MicrocosmConfig) -> dict:
     return {k: getattr(mc, k) for k in ("model", "train_sizes", "max_turns", "temperature", "eval_every", "eval_mazes",
-                                        "probe_mazes", "eval_samples", "warm_mazes", "warm_steps", "warm_env_coef", "rl_steps", "rl_lr",
-                                        "tasks_per_step", "group_size", "rl_loss")}  # fmt: skip
+                                        "probe_mazes", "eval_samples", "warm_mazes", "warm_steps", "warm_env_coef",
+                                        "sup_lr", "sup_optim", "sup_batch", "rl_steps", "rl_lr", "tasks_per_step",
+                                        "group_size", "rl_loss")}  # fmt: skip
 
 
 def warm_start(world: World) -> tuple[Path, dict]:
@@ -274,13 +290,14 @@ def warm_start(world: World) -> tuple[Path, dict]:
     setting, a pretrained LM that has seen terminals; with ``warm_env_coef=0`` the OUTPUT CE
     starts far above uniform and ECHO's first steps are spent there."""
     mc = world.mc
-    run_dir = _run_dir(world, "warmstart", {k: v for k, v in _rl_keys(mc).items() if k.startswith(("model", "warm", "max", "eval", "probe", "train", "temp"))})
+    keys = {k: v for k, v in _rl_keys(mc).items() if not k.startswith(("rl_", "tasks_", "group_"))}
+    run_dir = _run_dir(world, "warmstart", keys)
     ckpt = run_dir / "ckpt"
     if (rows := _cached(run_dir)) is not None:
         return ckpt, rows[0]
     t0 = time.perf_counter()
     data = world.reference(world.tasks(mc.train_sizes, mc.warm_mazes, 5), "walk")
-    agent = Agent(world, "sft", mc.warm_env_coef, mc.sup_lr, workdir=run_dir)
+    agent = Agent(world, "sft", mc.warm_env_coef, mc.sup_lr, workdir=run_dir, optim=mc.sup_optim)
     try:
         _imitate(world, agent, data, mc.warm_steps, mc.sup_batch, "warmstart", "random-walk", t0)
         agent.learner.save(str(ckpt), step=0)
@@ -380,11 +397,12 @@ def run_experiment(experiment: str, mc: MicrocosmConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     for r in rows:
         r["experiment"] = experiment
+    from pipeline.microcosm_report import interval_rows, plot, summarize
+
     with open(out / "curves.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, CURVE_FIELDS)
+        w = csv.DictWriter(f, CURVE_FIELDS, restval="")
         w.writeheader()
-        w.writerows(rows)
-    from pipeline.microcosm_report import plot, summarize
+        w.writerows(rows + interval_rows(experiment, rows))
 
     plot(experiment, rows, out / "curves.png")
     md = summarize(experiment, rows, mc) + f"\nwall time {time.perf_counter() - t0:.0f} s (cached runs excluded)\n"
@@ -395,6 +413,18 @@ def run_experiment(experiment: str, mc: MicrocosmConfig) -> Path:
     return out
 
 
+def power_report(mc: MicrocosmConfig) -> str:
+    from pipeline.microcosm_stats import episodes_for_half_width, predicted_half_width
+
+    n = len(mc.seeds) * mc.eval_mazes * mc.eval_samples
+    lines = [f"evaluation: {len(mc.seeds)} seeds × {mc.eval_mazes} mazes × {mc.eval_samples} samples = {n} episodes per arm and step"]
+    for p in (0.5, 0.2, 0.9):
+        lines.append(f"  at solve rate {p:g}: smallest detectable paired difference ±{predicted_half_width(len(mc.seeds), mc.eval_mazes, mc.eval_samples, p):.3f} "
+                     f"(95% CI half-width when the seeds agree; seed-to-seed spread widens it)")  # fmt: skip
+    lines.append(f"  ±0.05 at 0.5 needs {episodes_for_half_width(0.05, len(mc.seeds))} episodes per arm and step")
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
     import argparse
 
@@ -403,6 +433,7 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="echo-rl microcosm", description=__doc__.splitlines()[0])
     p.add_argument("experiment", choices=EXPERIMENTS)
     p.add_argument("--config", default="configs/microcosm/default.yaml", help="YAML (configs/microcosm/smoke.yaml: CI size)")
+    p.add_argument("--power", action="store_true", help="print the smallest difference this config can detect; run nothing")
     p.add_argument("overrides", nargs="*", help="key=value, e.g. seeds=[0,1,2,3] out_dir=runs/m2")
     a = p.parse_intermixed_args(argv)
     try:
@@ -410,6 +441,9 @@ def main(argv: list[str]) -> int:
     except ConfigError as e:
         print(f"echo-rl: {e}", file=sys.stderr)
         return 2
+    if a.power:
+        print(power_report(mc))
+        return 0
     run_experiment(a.experiment, mc)
     return 0
 

@@ -170,18 +170,26 @@ def test_every_experiment_runs_end_to_end_at_ci_size(tmp_path):
         md = (d / "summary.md").read_text()
         with open(d / "curves.csv") as f:
             rows = list(csv.DictReader(f))
+        pooled = [r for r in rows if r["seed"] == "all"]  # mean + 95% CI per arm and step, and the differences
+        rows = [r for r in rows if r["seed"] != "all"]
         arms = {r["arm"] for r in rows}
         assert {r["seed"] for r in rows} == {"0", "1"}
+        assert "95% CI" in md and "smallest detectable difference" in md
+        assert pooled and all(float(r["ci_lo"]) <= float(r["solve_rate"]) + 1e-9 <= float(r["ci_hi"]) + 2e-9 for r in pooled)
+        for r in rows:  # each evaluation maze's fraction, their mean is the row's solve rate
+            per = [float(v) for v in r["per_maze"].split()]
+            assert len(per) == 6 and abs(sum(per) / 6 - float(r["solve_rate"])) < 1e-3, r
         for r in rows:
             assert 0.0 <= float(r["solve_rate"]) <= 1.0 and math.isfinite(float(r["probe_ce"])), r
         if exp == "rl":
-            assert arms == {"grpo", "echo-0.05", "echo-0.2"} and "Steps to GRPO's best" in md
+            assert arms == {"grpo", "echo-0.05", "echo-0.2"} and "Steps to reach a solve rate" in md
+            assert {r["arm"] for r in pooled if r.get("verdict")} == {"echo-0.05 − grpo", "echo-0.2 − grpo"}
             assert {r["step"] for r in rows} == {"0", "1", "2"}
         if exp == "probe":  # reuses the rl runs (cached): same numbers
             assert arms == {"grpo", "echo-0.05"} and "probe CE" in md
             assert "reusing" in proc.stdout
         if exp == "env_only":
-            assert arms == {"6x6"} and "mean change" in md
+            assert arms == {"6x6"} and "after − before (paired by maze)" in md
         if exp == "supervised":
             assert arms == {"action", "action+output"}
             # the OUTPUT loss is what lowers the world-model probe: the action-only arm does not learn it

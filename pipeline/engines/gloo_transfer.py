@@ -26,6 +26,8 @@ Imports torch and vLLM's weight-transfer base only: vLLM workers load it; no Meg
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import ClassVar
@@ -35,6 +37,7 @@ import torch
 from pipeline.weights.buckets import StreamChecksum
 
 BACKEND = "gloo"
+logger = logging.getLogger(f"vllm.{__name__}")  # under vLLM's logger: its handler prints it in the server log
 
 
 def register() -> None:
@@ -129,6 +132,7 @@ def _worker_classes():
             super().__init__(config, vllm_config, device, model)
             self.group = None
             self.digest, self.expect = None, 0
+            self.timing: dict[str, float] = {}  # seconds per phase of the version being received
 
         def init_transfer_engine(self, init_info) -> None:
             self.shutdown()
@@ -139,8 +143,10 @@ def _worker_classes():
         def start_weight_update(self) -> None:
             from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
 
+            t0 = time.perf_counter()
             self.digest, self.expect = StreamChecksum(), 0
             initialize_layerwise_reload(self.model)
+            self.timing = {"start": time.perf_counter() - t0, "receive": 0.0, "checksum": 0.0, "load": 0.0, "bytes": 0}
 
         def update_weights(self, update_info) -> None:
             # the base class ends with torch.accelerator.synchronize(), which raises on CPU
@@ -153,12 +159,20 @@ def _worker_classes():
             if self.digest is None or info.index != self.expect:
                 raise RuntimeError(f"weight stream out of order: bucket {info.index} of version {info.version}, "
                                    f"expected {self.expect}")  # fmt: skip
+            t0 = time.perf_counter()
             buf = torch.empty(info.nbytes, dtype=torch.uint8)
             self.group.broadcast(buf, 0).wait()
             items = unpack(buf, info.names, info.dtype_names, info.shapes)
+            t1 = time.perf_counter()
             for name, t in items:
                 self.digest.update(name, t)
+            t2 = time.perf_counter()
             self.model.load_weights([(n, t.to(self.device)) for n, t in items])
+            tm = self.timing
+            tm["receive"] += t1 - t0
+            tm["checksum"] += t2 - t1
+            tm["load"] += time.perf_counter() - t2
+            tm["bytes"] += info.nbytes
             self.expect += 1
             if info.last and info.checksum != self.digest.hexdigest():
                 raise RuntimeError(f"weight stream version {info.version}: checksum mismatch")
@@ -166,9 +180,15 @@ def _worker_classes():
         def finish_weight_update(self) -> None:
             from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
 
+            t0 = time.perf_counter()
             finalize_layerwise_reload(self.model, self.model_config)
             refresh_tied_head(self.model)
             self.digest = None
+            tm = self.timing
+            tm["finish"] = time.perf_counter() - t0
+            logger.info("gloo weights: %d buckets, %.2f GB: start %.2f s, receive %.2f s, checksum %.2f s, load %.2f s, "
+                        "finish %.2f s", self.expect, tm.get("bytes", 0) / 1e9, tm.get("start", 0), tm.get("receive", 0),
+                        tm.get("checksum", 0), tm.get("load", 0), tm["finish"])  # fmt: skip
 
         def shutdown(self) -> None:
             self.group = None  # gloo pairs close with the object

@@ -16,9 +16,13 @@ Log-probs: vLLM reports ``raw_logprobs`` (T = 1) by default and ``processed_logp
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
 from pipeline.engines.base import BatchingEngine, EngineError, Generation, apply_buckets
+
+logger = logging.getLogger(f"vllm.{__name__}")  # under vLLM's logger: printed in the server log
 
 
 class WeightLoader:
@@ -45,8 +49,13 @@ class WeightLoader:
 
         from safetensors.torch import load_file
 
+        t0 = time.perf_counter()
         tensors = load_file(f"{json.loads(path_json)}/model.safetensors")
-        return self._load(list(tensors.items()))
+        t1 = time.perf_counter()
+        n = self._load(list(tensors.items()))
+        logger.info("filesystem weights: %.2f GB: read %.2f s, reload %.2f s", sum(t.nbytes for t in tensors.values()) / 1e9,
+                    t1 - t0, time.perf_counter() - t1)  # fmt: skip
+        return n
 
 
 class VLLMEngine(BatchingEngine):
