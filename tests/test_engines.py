@@ -55,6 +55,41 @@ def test_hf_engine_logprobs_are_the_models_at_the_learner_temperature(tmp_path):
         assert torch.allclose(torch.tensor(g.logprobs), ref, atol=1e-4), (g.logprobs, ref)
 
 
+def test_hf_engine_prefix_cache_keeps_log_probs_exact_across_turns_and_weight_updates(tmp_path):
+    """Episodes of several turns (each prompt = the last prompt + its generation + new
+    tokens) in one batch beside a fresh prompt: every log-prob equals a full forward pass
+    of the whole sequence, the turns reuse stored keys/values, and new weights empty the
+    store (the next forward uses the new weights, not the old keys)."""
+    model = tiny(tmp_path / "m")
+    engine = HFEngine(tmp_path / "m", logprob_temperature=0.7, max_batch=8, batch_wait_ms=50, prefix_cache=True)
+    prompts = [[5, 6, 7], [1, 2, 3, 4, 5, 6, 7, 8, 9], [42]]
+
+    def turn(model):
+        futs = [engine.submit(p, SamplingParams(temperature=0.7, max_tokens=5, stop_token_ids=[3])) for p in prompts]
+        gens = [f.result() for f in futs]
+        for i, (p, g) in enumerate(zip(prompts, gens)):
+            with torch.no_grad():
+                logp = torch.log_softmax(model(torch.tensor([p + g.token_ids])).logits.float() / 0.7, -1)[0, len(p) - 1 : -1]
+            ref = logp.gather(-1, torch.tensor(g.token_ids)[:, None])[:, 0]
+            assert torch.allclose(torch.tensor(g.logprobs), ref, atol=1e-4), (i, g.logprobs, ref)
+            prompts[i] = p + g.token_ids + [10 + i] * (i + 1)  # the terminal's answer
+        return gens
+
+    for _ in range(3):
+        turn(model)
+    assert (engine.store.hits, engine.store.misses) == (6, 3)  # turns 2 and 3 of each episode
+    assert sorted(len(k) for k in engine.store.entries) == sorted(len(p) - 1 - (i + 1) for i, p in enumerate(prompts))
+    assert all(any(p[: len(k)] == list(k) for p in prompts) for k in engine.store.entries)
+    prompts.append([7, 7, 7, 7])  # a new episode beside three cached ones: an empty prefix in the same batch
+    turn(model)
+    assert len(engine.store.entries) == 4 and (engine.store.hits, engine.store.misses) == (9, 4)
+    other = tiny(tmp_path / "b", seed=1)
+    engine.update_weights(buckets_of(other, 1))
+    assert not engine.store.entries  # keys/values of the old weights are gone
+    turn(other)
+    engine.close()
+
+
 def test_hf_engine_stops_at_a_stop_token_and_keeps_it(tmp_path):
     tiny(tmp_path / "m")
     engine = HFEngine(tmp_path / "m")
