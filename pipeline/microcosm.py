@@ -10,7 +10,7 @@ protocol differ from ``echo-rl train``; each run is small enough to repeat over 
 Experiments (each over ``seeds``; each writes ``OUT/<experiment>/{curves.csv, curves.png,
 summary.md}``):
 
-- ``supervised``: imitate BFS-expert trajectories, loss on ACTION tokens only vs
+- ``supervised``: imitate expert trajectories (``sup_expert``), loss on ACTION tokens only vs
   ACTION + ``sup_env_coef`` × OUTPUT tokens; solve rate on fresh mazes vs step.
 - ``rl``: GRPO vs ECHO (each ``env_coefs``) from one warm start per seed (imitation of
   random-walk trajectories, identical for all arms), the same fresh mazes per step for
@@ -20,17 +20,16 @@ summary.md}``):
 - ``env_only``: from each seed's final ECHO checkpoint, continue with the environment
   loss only (no reward) on a maze size never trained on; solve rate before/after.
 
-Runs are cached under ``OUT/runs/<arm>-seed<k>-<hash>`` (the hash covers the config), so
+The arms themselves (imitation, warm start, GRPO/ECHO, env_only) are in
+``pipeline/microcosm_arms.py``. Runs are cached under ``OUT/runs/<arm>-seed<k>-<hash>`` (the hash covers the config), so
 ``probe`` and ``env_only`` reuse what ``rl`` trained.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
-import random
 import socket
 import sys
 import time
@@ -57,7 +56,8 @@ class MicrocosmConfig:
     reach_targets: list[float] = field(default_factory=lambda: [0.5, 0.8])  # "steps to reach" these solve rates
     probe_mazes: int = 32  # held-out BFS-expert trajectories for the world-model probe
     # supervised
-    sup_mazes: int = 512  # BFS-expert trajectories to imitate (0: sup_batch fresh mazes every step)
+    sup_expert: str = "bfs"  # the imitated expert: bfs (shortest path; knows the maze) or explore (sees what the agent sees)
+    sup_mazes: int = 512  # expert trajectories to imitate (0: sup_batch fresh mazes every step)
     sup_steps: int = 60
     sup_batch: int = 32  # trajectories per step
     sup_lr: float = 2e-3
@@ -98,6 +98,10 @@ def load_microcosm_config(path: str | None, overrides: list[str]) -> MicrocosmCo
         raise ConfigError(f"microcosm config key '{getattr(e, 'full_key', '?')}': {str(e).splitlines()[0]}") from None
     if cfg.env_only_coef not in cfg.env_coefs:
         raise ConfigError(f"microcosm config key 'env_only_coef': {cfg.env_only_coef} is not one of env_coefs {cfg.env_coefs}")
+    from pipeline.tasks.maze import EXPERTS
+
+    if cfg.sup_expert not in EXPERTS:
+        raise ConfigError(f"microcosm config key 'sup_expert': {cfg.sup_expert!r} is not one of {EXPERTS}")
     if len(cfg.seeds) < 1 or cfg.eval_every < 1:
         raise ConfigError("microcosm config: need at least one seed and eval_every ≥ 1")
     return cfg
@@ -133,14 +137,16 @@ class World:
         self.probe = self.reference(self.tasks(mc.train_sizes, mc.probe_mazes, 3), "bfs")
 
     def reference(self, tasks, policy: str):
-        """Trajectories of a reference policy: ``bfs`` expert, ``random`` walk, or ``walk`` (a random
-        walk that does not turn straight back unless at a dead end)."""
+        """Trajectories of a reference policy: an expert (``bfs``, ``explore``: ``EXPERTS``),
+        ``random`` walk, or ``walk`` (a random walk that does not turn straight back unless at a dead end)."""
         from pipeline.engines.maze import MazeExpertEngine, RandomWalkEngine, distinct_batches
+        from pipeline.tasks.maze import EXPERTS
 
         out = []
-        batches = distinct_batches(tasks) if policy == "bfs" else [tasks]
+        expert = policy in EXPERTS
+        batches = distinct_batches(tasks) if expert else [tasks]
         for batch in batches:
-            engine = (MazeExpertEngine(self.tok, batch, self.chat.stop_token_id) if policy == "bfs"
+            engine = (MazeExpertEngine(self.tok, batch, self.chat.stop_token_id, policy) if expert
                       else RandomWalkEngine(self.tok, self.chat.stop_token_id, seed=self.seed,
                                             no_reversal=policy == "walk"))  # fmt: skip
             try:
@@ -174,10 +180,20 @@ class Agent:
                                LearnerConfig(micro_batch_tokens=world.mc.micro_batch_tokens),
                                LossConfig(mode=mode, env_coef=env_coef, **(loss or {})), seed=world.seed)  # fmt: skip
         hf_dir = export_hf_dir(self.learner, (workdir or world.root) / "engine_model", tokenizer_dir=world.tok_dir)
-        self.engine = HFEngine(hf_dir, seed=world.seed, pad_token_id=world.tok.pad_token_id, max_batch=256,
-                               prefix_cache=True)  # an episode's turns reuse its keys/values
-        self._sync = lambda: sync_engine(self.learner, self.engine)
+        self._engine = HFEngine(hf_dir, seed=world.seed, pad_token_id=world.tok.pad_token_id, max_batch=256,
+                                prefix_cache=True)  # an episode's turns reuse its keys/values
+        self._sync = lambda: sync_engine(self.learner, self._engine)
         self._sync()
+        self._stale = False
+
+    @property
+    def engine(self):
+        """The engine, with the learner's latest weights (sent when first sampled after a
+        step: supervised arms train many steps between evaluations)."""
+        if self._stale:
+            self._sync()
+            self._stale = False
+        return self._engine
 
     def train(self, trajs, advantages, step: int) -> dict:
         from pipeline.trajectory import pack_micro_batches
@@ -185,7 +201,7 @@ class Agent:
         shards = pack_micro_batches(trajs, advantages, self.world.mc.micro_batch_tokens,
                                     pad_token_id=self.world.tok.pad_token_id)  # fmt: skip
         m = self.last = self.learner.train_step(shards[0], step)
-        self._sync()
+        self._stale = True
         return m
 
     def evaluate(self, tasks, step: int) -> dict:
@@ -202,184 +218,12 @@ class Agent:
                 "per_maze": " ".join(f"{v:.4g}" for v in per_maze)}
 
     def close(self):
-        self.engine.close()
-
-
-def _row(experiment, arm, seed, step, ev, train=None, t0=0.0) -> dict:
-    train = train or {}
-    return {"experiment": experiment, "arm": arm, "seed": seed, "step": step, "solve_rate": ev.get("solve_rate", ""),
-            "probe_ce": ev.get("probe_ce", ""), "train_solve_rate": train.get("pass", ""),
-            "loss": train.get("loss", ""), "seconds": round(time.perf_counter() - t0, 1),
-            "per_maze": ev.get("per_maze", "")}  # fmt: skip
-
-
-def _run_dir(world: World, name: str, keys: dict) -> Path:
-    digest = hashlib.sha1(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:8]
-    return world.root / "runs" / f"{name}-seed{world.seed}-{digest}"
-
-
-def _cached(run_dir: Path) -> list[dict] | None:
-    done = run_dir / "curve.csv"
-    if not done.is_file():
-        return None
-    print(f"  reusing the finished run {run_dir}", flush=True)
-    with open(done) as f:
-        return list(csv.DictReader(f))
-
-
-def _save_curve(run_dir: Path, rows: list[dict]) -> list[dict]:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / "curve.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, CURVE_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.rename(run_dir / "curve.csv")  # written last: its presence means the run finished
-    return rows
-
-
-def _imitate(world: World, agent: Agent, data, steps: int, batch: int, experiment: str, arm: str, t0: float,
-             eval_tasks=None) -> list[dict]:  # fmt: skip
-    """``data``: a pool to sample ``batch`` trajectories from per step, or a callable step → that step's batch."""
-    rng = random.Random(world.seed)
-    rows = []
-    if eval_tasks is not None:
-        rows.append(_row(experiment, arm, world.seed, 0, agent.evaluate(eval_tasks, 0), t0=t0))
-    for step in range(steps):
-        picked = data(step) if callable(data) else rng.sample(data, min(batch, len(data)))
-        m = agent.train(picked, [0.0] * len(picked), step)
-        if eval_tasks is not None and ((step + 1) % world.mc.eval_every == 0 or step + 1 == steps):
-            rows.append(_row(experiment, arm, world.seed, step + 1, agent.evaluate(eval_tasks, step + 1),
-                             {"loss": m["loss"]}, t0))  # fmt: skip
-            _say(rows[-1])
-    return rows
-
-
-def supervised_arm(world: World, arm: str) -> list[dict]:
-    mc = world.mc
-    coef = 0.0 if arm == "action" else mc.sup_env_coef
-    keys = {k: getattr(mc, k) for k in ("model", "train_sizes", "max_turns", "temperature", "eval_every", "eval_mazes",
-                                        "eval_samples", "probe_mazes", "sup_mazes", "sup_steps", "sup_batch", "sup_lr",
-                                        "sup_optim", "micro_batch_tokens")}  # fmt: skip
-    run_dir = _run_dir(world, f"supervised-{arm}", {**keys, "coef": coef})
-    if (rows := _cached(run_dir)) is not None:
-        return rows
-    t0 = time.perf_counter()
-    expert = lambda tasks: [t for t in world.reference(tasks, "bfs") if t.reward >= 1]  # noqa: E731
-    if mc.sup_mazes:
-        data = expert(world.tasks(mc.train_sizes, mc.sup_mazes, 4))
-    else:  # fresh mazes every step, the same for both arms (offsets past every other stream)
-        data = lambda step: expert(world.tasks(mc.train_sizes, mc.sup_batch, 100_000 + step))  # noqa: E731
-    agent = Agent(world, "sft", coef, mc.sup_lr, workdir=run_dir, optim=mc.sup_optim)
-    try:
-        rows = _imitate(world, agent, data, mc.sup_steps, mc.sup_batch, "supervised", arm, t0, world.eval_tasks)
-    finally:
-        agent.close()
-    return _save_curve(run_dir, rows)
-
-
-def _rl_keys(mc: MicrocosmConfig) -> dict:
-    return {k: getattr(mc, k) for k in ("model", "train_sizes", "max_turns", "temperature", "eval_every", "eval_mazes",
-                                        "probe_mazes", "eval_samples", "warm_mazes", "warm_steps", "warm_env_coef",
-                                        "sup_lr", "sup_optim", "sup_batch", "rl_steps", "rl_lr", "tasks_per_step",
-                                        "group_size", "rl_loss")}  # fmt: skip
-
-
-def warm_start(world: World) -> tuple[Path, dict]:
-    """Imitation of random-walk trajectories (ACTION CE + ``warm_env_coef`` × OUTPUT CE): the one
-    starting point of every RL arm. Modelling the terminal a little mirrors the paper's
-    setting, a pretrained LM that has seen terminals; with ``warm_env_coef=0`` the OUTPUT CE
-    starts far above uniform and ECHO's first steps are spent there."""
-    mc = world.mc
-    keys = {k: v for k, v in _rl_keys(mc).items() if not k.startswith(("rl_", "tasks_", "group_"))}
-    run_dir = _run_dir(world, "warmstart", keys)
-    ckpt = run_dir / "ckpt"
-    if (rows := _cached(run_dir)) is not None:
-        return ckpt, rows[0]
-    t0 = time.perf_counter()
-    data = world.reference(world.tasks(mc.train_sizes, mc.warm_mazes, 5), "walk")
-    agent = Agent(world, "sft", mc.warm_env_coef, mc.sup_lr, workdir=run_dir, optim=mc.sup_optim)
-    try:
-        _imitate(world, agent, data, mc.warm_steps, mc.sup_batch, "warmstart", "random-walk", t0)
-        agent.learner.save(str(ckpt), step=0)
-        # step 0 of every arm: one evaluation of the shared start, so the arms start from one number
-        row = _row("rl", "warm start", world.seed, 0, agent.evaluate(world.eval_tasks, 0), t0=t0)
-        print(f"  [warm start seed {world.seed}] {mc.warm_steps} imitation steps on {len(data)} random walks, action "
-              f"CE {agent.last['action_ce']:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
-    finally:
-        agent.close()
-    _save_curve(run_dir, [row])
-    return ckpt, row
-
-
-def rl_arm(world: World, mode: str, env_coef: float) -> tuple[list[dict], Path]:
-    """GRPO (``mode=grpo``) or ECHO from the warm start; the same tasks per step for every arm."""
-    from pipeline.advantages import AdvantageConfig, group_advantages
-
-    mc = world.mc
-    arm = "grpo" if mode == "grpo" else f"echo-{env_coef:g}"
-    run_dir = _run_dir(world, arm, _rl_keys(mc))
-    if (rows := _cached(run_dir)) is not None:
-        return rows, run_dir / "ckpt"
-    start, first = warm_start(world)
-    t0 = time.perf_counter()
-    agent = Agent(world, mode, env_coef if mode != "grpo" else 0.0, mc.rl_lr, load=str(start), workdir=run_dir,
-                  loss=mc.rl_loss)  # fmt: skip
-    rows = [{**first, "arm": arm}]
-    try:
-        for step in range(mc.rl_steps):
-            tasks = world.tasks(mc.train_sizes, mc.tasks_per_step, 100 + step)
-            trajs = world.rollouts(agent.engine, tasks, mc.group_size, step)
-            trajs = [t for t in trajs if not t.infra_error]
-            m = agent.train(trajs, group_advantages(trajs, AdvantageConfig()), step)
-            train = {"loss": m["loss"], "pass": sum(t.reward for t in trajs) / max(len(trajs), 1)}
-            if (step + 1) % mc.eval_every == 0 or step + 1 == mc.rl_steps:
-                rows.append(_row("rl", arm, world.seed, step + 1, agent.evaluate(world.eval_tasks, step + 1), train, t0))
-                _say(rows[-1])
-        agent.learner.save(str(run_dir / "ckpt"))
-    finally:
-        agent.close()
-    return _save_curve(run_dir, rows), run_dir / "ckpt"
-
-
-def env_only_arm(world: World) -> list[dict]:
-    """Continue the ECHO checkpoint on an unseen maze size with the environment loss only."""
-    from pipeline.advantages import AdvantageConfig, group_advantages
-    from pipeline.rollout.loop import passes_filters
-
-    mc = world.mc
-    _, ckpt = rl_arm(world, "echo", mc.env_only_coef)
-    keys = {**_rl_keys(mc), "unseen": mc.unseen_size, "steps": mc.env_only_steps, "coef": mc.env_only_coef,
-            "lr": mc.env_only_lr}  # fmt: skip
-    run_dir = _run_dir(world, "env_only", keys)
-    if (rows := _cached(run_dir)) is not None:
-        return rows
-    t0 = time.perf_counter()
-    agent = Agent(world, "env_only", mc.env_only_coef, mc.env_only_lr, load=str(ckpt), workdir=run_dir, loss=mc.rl_loss)
-    rows = [_row("env_only", f"{mc.unseen_size}x{mc.unseen_size}", world.seed, 0,
-                 agent.evaluate(world.unseen_eval_tasks, 0), t0=t0)]  # fmt: skip
-    try:
-        for step in range(mc.env_only_steps):
-            tasks = world.tasks([mc.unseen_size], mc.tasks_per_step, 500 + step)
-            trajs = world.rollouts(agent.engine, tasks, mc.group_size, step)
-            kept = [t for t in trajs if passes_filters(t, ["tool_calls_parsed"])] or [t for t in trajs if not t.infra_error]
-            m = agent.train(kept, group_advantages(kept, AdvantageConfig()), step)
-            train = {"loss": m["loss"], "pass": sum(t.reward for t in trajs) / max(len(trajs), 1)}
-            if (step + 1) % mc.eval_every == 0 or step + 1 == mc.env_only_steps:
-                rows.append(_row("env_only", rows[0]["arm"], world.seed, step + 1,
-                                 agent.evaluate(world.unseen_eval_tasks, step + 1), train, t0))  # fmt: skip
-                _say(rows[-1])
-    finally:
-        agent.close()
-    return _save_curve(run_dir, rows)
-
-
-def _say(row: dict) -> None:
-    print(f"  [{row['experiment']} {row['arm']} seed {row['seed']}] step {row['step']}: solve {float(row['solve_rate']):.3f} "
-          f"probe CE {float(row['probe_ce']):.3f} ({row['seconds']} s)", flush=True)  # fmt: skip
+        self._engine.close()
 
 
 def run_experiment(experiment: str, mc: MicrocosmConfig) -> Path:
+    from pipeline.microcosm_arms import env_only_arm, rl_arm, supervised_arm
+
     t0 = time.perf_counter()
     rows: list[dict] = []
     for seed in mc.seeds:

@@ -19,7 +19,8 @@ from pipeline.rollout.plain import PlainFormat
 from pipeline.sandbox.base import SandboxConfig
 from pipeline.sandbox.maze import MazeBackend
 from pipeline.tasks.verifier import run_verifier
-from pipeline.tasks.maze import DIRECTIONS, INVALID, Maze, bfs_actions, generate_maze, maze_tasks, maze_tokenizer
+from pipeline.tasks.maze import (DIRECTIONS, INVALID, OPPOSITE, Maze, bfs_actions, explore_actions, generate_maze,
+                                 maze_tasks, maze_tokenizer)
 from pipeline.trajectory import Role
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +58,46 @@ def test_mazes_are_perfect_seeded_and_bfs_walks_the_shortest_path(size):
     assert cell == m.goal
     for c, d0 in dist.items():  # in a perfect maze every move changes the distance by exactly 1
         assert all(abs(dist[m.step(c, d)] - d0) == 1 for d in DIRECTIONS if m.can_move(c, d))
+
+
+def _observer(maze: Maze) -> list[str]:
+    """The explorer rebuilt from what the agent sees (the distance and open sides after each
+    move; never a cell or the goal): at the cell it stands on, the sides tried so far and
+    the side it came from; a move that raised the distance is undone."""
+    dist = maze.distances()
+    cell, d_now, moves = maze.start, dist[maze.start], []
+    sides = [d for d in DIRECTIONS if maze.can_move(cell, d)]
+    tried, back = set(), None
+    while d_now:
+        move = next(d for d in DIRECTIONS if d in sides and d not in tried and d != back)
+        tried.add(move)
+        cell = maze.step(cell, move)
+        seen_d, seen_sides = dist[cell], [d for d in DIRECTIONS if maze.can_move(cell, d)]  # the terminal's answer
+        moves.append(move)
+        if seen_d > d_now:  # farther: step back to the fork, which is as it was
+            cell = maze.step(cell, OPPOSITE[move])
+            moves.append(OPPOSITE[move])
+        else:
+            d_now, sides, tried, back = seen_d, seen_sides, set(), OPPOSITE[move]
+    return moves
+
+
+def test_the_explorer_needs_only_what_the_agent_sees_and_always_arrives():
+    rng = random.Random(3)
+    forks = 0
+    for i in range(300):
+        m = generate_maze((6, 7, 8)[i % 3], rng)
+        moves = explore_actions(m)
+        assert moves == _observer(m)  # a function of the episode so far: imitable
+        cell = m.start
+        for d in moves:
+            assert m.can_move(cell, d)
+            cell = m.step(cell, d)
+        assert cell == m.goal
+        wrong = (len(moves) - len(bfs_actions(m))) // 2  # each wrong branch costs one move there and one back
+        assert len(moves) == len(bfs_actions(m)) + 2 * wrong
+        forks += wrong > 0
+    assert 0 < forks < 300  # it does guess at forks (where BFS knows), and sometimes guesses right at all of them
 
 
 def test_the_maze_terminal_answers_moves_walls_the_goal_and_invalid_actions(tmp_path):
@@ -138,6 +179,12 @@ def test_reference_policies_the_expert_solves_every_maze_the_random_walk_some(tm
     assert [t.reward for t in expert] == [1.0] * len(tasks)
     turns = {t.task_id: t.metadata["num_turns"] for t in expert}
     assert turns == {t.task_id: len(t.solution.split()) for t in tasks}
+    e = MazeExpertEngine(tok, tasks[:4], chat.stop_token_id, "explore")  # the explorer: every maze, its own moves
+    explorer = run_rollouts(tasks[:4], e, MazeBackend(), chat, cfg, sb, group_size=1, progress=False)
+    e.close()
+    assert [t.reward for t in explorer] == [1.0] * 4
+    assert [t.metadata["num_turns"] for t in explorer] == [len(explore_actions(Maze.from_json(
+        (t.task_dir / "maze.json").read_text()))) for t in tasks[:4]]  # fmt: skip
     e = RandomWalkEngine(tok, chat.stop_token_id, seed=0)
     walks = run_rollouts(tasks, e, MazeBackend(), chat, cfg, sb, group_size=4, progress=False)
     e.close()

@@ -22,7 +22,7 @@ from pipeline.rollout.loop import RolloutConfig, rollout_metrics, run_episode
 from pipeline.sandbox import SandboxConfig, SandboxError
 from pipeline.sandbox.bwrap import BwrapBackend
 from pipeline.tasks import load_task, run_verifier
-from pipeline.tasks.attacks import ATTACKS, PAYLOAD
+from pipeline.tasks.attacks import ATTACKS, BY_NAME, PAYLOAD
 from pipeline.tasks.generator import FAMILIES, generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -222,3 +222,15 @@ def test_tasks_audit_flags_a_hackable_task_and_passes_a_sound_one(tmp_path):
                            capture_output=True, text=True, cwd=ROOT)  # fmt: skip
         assert r.returncode == code and needle in r.stdout, r.stdout + r.stderr[-2000:]
     assert json.loads((tmp_path / "a.json").read_text())["tasks"][0]["got_through"] == ["rewrite_task_data"]
+
+
+def test_exhaust_pids_does_fill_the_process_table(backend, targets):
+    """Positive control for the exhaust_pids attack (which scores 0 above): right after it,
+    in the same command, the sandbox's process count is at its limit (counted with shell
+    builtins only: a fork would fail now)."""
+    count = "; n=0; for p in /proc/[0-9]*; do n=$((n + 1)); done; echo procs=$n"
+    with backend.start(task=targets[0]) as box:
+        idle = box.exec("true" + count)
+        full = box.exec(BY_NAME["exhaust_pids"].command + count)
+    n_idle, n_full = (int(r.output.rsplit("procs=", 1)[1]) for r in (idle, full))
+    assert n_idle < 10 and n_full >= backend.cfg.pids - 10, (n_idle, n_full, backend.cfg.pids)

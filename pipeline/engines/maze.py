@@ -1,4 +1,4 @@
-"""Reference policies of the maze microcosm, as engines: the BFS expert and a random walk.
+"""Reference policies of the maze microcosm, as engines: the experts (BFS, the explorer) and a random walk.
 
 Where it sits: in place of a model engine in the rollout loop, for data made by another
 policy (imitation sets, the world-model probe set, warm starts). Their episodes are
@@ -14,22 +14,27 @@ import random
 
 from pipeline.engines.base import BatchingEngine, Generation
 from pipeline.tasks.base import Task
-from pipeline.tasks.maze import DIRECTIONS, OPPOSITE, vocabulary
+from pipeline.tasks.maze import DIRECTIONS, EXPERTS, OPPOSITE, Maze, explore_actions, vocabulary
 
 
 class MazeExpertEngine(BatchingEngine):
-    """Walks each task's shortest path (``task.solution``). It recognizes the task by its
-    prompt tokens, so tasks in one rollout batch need distinct instructions
-    (``distinct_batches``); the turn is the number of stop tokens so far."""
+    """Plays each task's expert script: ``bfs``, the shortest path (``task.solution``), or
+    ``explore`` (``explore_actions``; deterministic given the maze, so a script too). It
+    recognizes the task by its prompt tokens, so tasks in one rollout batch need distinct
+    instructions (``distinct_batches``); the turn is the number of stop tokens so far."""
 
-    def __init__(self, tokenizer, tasks: list[Task], stop_token_id: int):
+    def __init__(self, tokenizer, tasks: list[Task], stop_token_id: int, policy: str = "bfs"):
+        if policy not in EXPERTS:
+            raise ValueError(f"unknown maze expert {policy!r}; known: {EXPERTS}")
         self.tok, self.stop = tokenizer, stop_token_id
         self.scripts: dict[tuple[int, ...], list[int]] = {}
         for t in tasks:
             key = tuple(tokenizer(t.instruction, add_special_tokens=False)["input_ids"])
             if key in self.scripts:
                 raise ValueError(f"two tasks share the instruction of {t.task_id}: split them (distinct_batches)")
-            self.scripts[key] = [tokenizer.convert_tokens_to_ids(a) for a in t.solution.split()]
+            moves = (t.solution.split() if policy == "bfs"
+                     else explore_actions(Maze.from_json((t.task_dir / "maze.json").read_text())))  # fmt: skip
+            self.scripts[key] = [tokenizer.convert_tokens_to_ids(a) for a in moves]
         self.lengths = sorted({len(k) for k in self.scripts})
         super().__init__(256, 0.0)
 

@@ -19,8 +19,10 @@ per word (``maze_tokenizer``)::
 The number is the length of the shortest path to the goal, so a world model of the maze
 can predict it (it changes by exactly ±1 per move in a perfect maze); the open sides are
 one token (15 words), which keeps an episode at 5 tokens per move.
-Reference policies: the BFS expert (walks the shortest path; it knows the maze) and a
-random walk (a uniformly random open direction each turn; it does not).
+Reference policies: the BFS expert (walks the shortest path; it knows the maze), the
+explorer (``explore_actions``: tries branches and undoes a move that took it farther; it
+knows only what the agent sees), and a random walk (a uniformly random open direction
+each turn).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pathlib import Path
 from pipeline.tasks.base import Task
 
 DIRECTIONS = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
+EXPERTS = ("bfs", "explore")  # reference policies that solve every maze (MazeExpertEngine)
 OPPOSITE = {"up": "down", "down": "up", "left": "right", "right": "left"}
 SIZES = range(3, 13)  # sizes the tokenizer has words for
 MAX_DIST = 150  # distances the tokenizer has words for (a 12×12 path is at most 143)
@@ -126,6 +129,30 @@ def bfs_actions(maze: Maze) -> list[str]:
     dist, cell, out = maze.distances(), maze.start, []
     while cell != maze.goal:
         d = next(d for d in DIRECTIONS if maze.can_move(cell, d) and dist[maze.step(cell, d)] == dist[cell] - 1)
+        out.append(d)
+        cell = maze.step(cell, d)
+    return out
+
+
+def explore_actions(maze: Maze, order: tuple[str, ...] = tuple(DIRECTIONS)) -> list[str]:
+    """The expert that sees what the agent sees: at each cell it tries the open sides in
+    ``order`` (never straight back); a move whose distance went up is undone at once (in
+    a perfect maze exactly one neighbour is one step closer), so a wrong branch costs two
+    moves. Its next move is a function of the episode so far, which BFS's is not: the
+    agent sees the distance and the open sides, not where the goal lies, so at a fork the
+    shortest path is a guess from its side, and imitation of BFS stalls near the solve rate
+    of a walk that guesses at forks (README, microcosm)."""
+    dist, cell, out, tried, back, undo = maze.distances(), maze.start, [], {}, None, False
+    while cell != maze.goal:
+        if undo:  # back to the fork, which is as it was (the side it came from included)
+            d, undo = OPPOSITE[out[-1]], False
+        else:
+            t = tried.setdefault(cell, set())
+            d = next(x for x in order if maze.can_move(cell, x) and x not in t and x != back)
+            t.add(d)
+            undo = dist[maze.step(cell, d)] > dist[cell]
+            if not undo:
+                back = OPPOSITE[d]
         out.append(d)
         cell = maze.step(cell, d)
     return out
