@@ -202,6 +202,8 @@ def live_server(tmp_path, *extra):
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=60)
+        with contextlib.suppress(ProcessLookupError):  # a server killed by a test leaves its engine
+            os.killpg(server.pid, signal.SIGKILL)  # core and workers behind, in its process group
 
 
 def gap(hf, prompt, g) -> float:

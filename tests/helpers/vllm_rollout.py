@@ -1,11 +1,13 @@
 """A real vLLM (CPU build) rollout: tiny Qwen3 + the project's tokenizer, bubblewrap
 sandboxes, generated tasks; weights updated through the stream contract; the viewer
-renders the result. Run as a script (vLLM spawns workers, so it needs a __main__ guard).
+renders the result. The model vLLM loads is ``tools/convert``'s export (HF → Megatron
+dist checkpoint → HF), so this also checks that an exported dir serves in vLLM. Run as a script (vLLM spawns workers, so it needs a __main__ guard).
 
     python tests/helpers/vllm_rollout.py OUT_DIR ROOTFS
 """
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -33,7 +35,10 @@ def main(out: Path, rootfs: str) -> None:
     torch.manual_seed(0)
     cfg = Qwen3Config(vocab_size=1152, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                       num_attention_heads=2, num_key_value_heads=2, head_dim=64, tie_word_embeddings=True)
-    Qwen3ForCausalLM(cfg).save_pretrained(out / "model")
+    Qwen3ForCausalLM(cfg).save_pretrained(out / "hf")
+    for args in (["hf-to-mcore", "--hf", out / "hf", "--out", out / "mcore"],
+                 ["mcore-to-hf", "--ckpt", out / "mcore", "--out", out / "model"]):  # fmt: skip
+        subprocess.run([sys.executable, str(root / "tools/convert.py"), *map(str, args)], cwd=root, check=True)
     engine = VLLMEngine(out / "model", logprob_temperature=1.0, max_batch=16, max_model_len=1024)
     chat = ChatFormat(tok)
     tasks = [load_task(d) for d in generate(["files_mkdir", "text_count"], 1, out / "tasks", seed=0)]
