@@ -181,7 +181,7 @@ class Agent:
                                LossConfig(mode=mode, env_coef=env_coef, **(loss or {})), seed=world.seed)  # fmt: skip
         hf_dir = export_hf_dir(self.learner, (workdir or world.root) / "engine_model", tokenizer_dir=world.tok_dir)
         self._engine = HFEngine(hf_dir, seed=world.seed, pad_token_id=world.tok.pad_token_id, max_batch=256,
-                                prefix_cache=True)  # an episode's turns reuse its keys/values
+                                prefix_cache=True, prefix_cache_bytes=8 << 30)  # an episode's turns reuse its keys/values
         self._sync = lambda: sync_engine(self.learner, self._engine)
         self._sync()
         self._stale = False

@@ -90,6 +90,20 @@ def test_hf_engine_prefix_cache_keeps_log_probs_exact_across_turns_and_weight_up
     engine.close()
 
 
+def test_hf_engine_prefix_cache_over_its_budget_stores_nothing_and_stays_exact(tmp_path):
+    model = tiny(tmp_path / "m")
+    engine = HFEngine(tmp_path / "m", max_batch=8, batch_wait_ms=50, prefix_cache=True, prefix_cache_bytes=1)
+    prompt = [5, 6, 7]
+    for _ in range(2):
+        g = engine.submit(prompt, SamplingParams(max_tokens=4)).result()
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([prompt + g.token_ids])).logits.float(), -1)[0, len(prompt) - 1 : -1]
+        assert torch.allclose(torch.tensor(g.logprobs), logp.gather(-1, torch.tensor(g.token_ids)[:, None])[:, 0], atol=1e-4)
+        prompt = prompt + g.token_ids + [9]
+    engine.close()
+    assert (engine.store.hits, engine.store.misses, engine.store.dropped, engine.store.bytes) == (0, 2, 2, 0)
+
+
 def test_hf_engine_stops_at_a_stop_token_and_keeps_it(tmp_path):
     tiny(tmp_path / "m")
     engine = HFEngine(tmp_path / "m")

@@ -18,7 +18,7 @@ explicit positions; new weights empty the store.
 from __future__ import annotations
 
 import json
-from collections import Counter, OrderedDict
+from collections import Counter
 from itertools import groupby
 from pathlib import Path
 
@@ -187,15 +187,17 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Ten
 
 
 class _PrefixStore:
-    """Keys/values per token sequence ([layers, 2, heads, length, head_dim]), least
-    recently stored dropped past ``max_bytes``. ``take`` removes what it returns: an
-    episode's next turn stores its longer sequence in its place."""
+    """Keys/values per token sequence ([layers, 2, heads, length, head_dim]), at most
+    ``max_bytes``: a sequence that does not fit is not stored (its next turn reads its
+    prompt again). Not least-recently-used eviction: batches of episodes come round in
+    turn, so evicting the oldest would drop exactly the entries needed next. ``take``
+    removes what it returns: an episode's next turn stores its longer sequence in its place."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes, self.bytes = max_bytes, 0
-        self.entries: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()
+        self.entries: dict[tuple[int, ...], torch.Tensor] = {}
         self.lengths: Counter[int] = Counter()
-        self.hits = self.misses = 0
+        self.hits = self.misses = self.dropped = 0
 
     def take(self, prompt: list[int]) -> torch.Tensor | None:
         for n in sorted((n for n in self.lengths if n < len(prompt)), reverse=True):  # ≥ 1 new token left
@@ -211,12 +213,12 @@ class _PrefixStore:
         key = tuple(tokens)
         if not key or key in self.entries:
             return
+        if self.bytes + kv.nbytes > self.max_bytes:
+            self.dropped += 1
+            return
         self.entries[key] = kv
         self.lengths[len(key)] += 1
         self.bytes += kv.nbytes
-        while self.bytes > self.max_bytes and self.entries:
-            old_key, old = self.entries.popitem(last=False)
-            self._forget(len(old_key), old)
 
     def _forget(self, n: int, kv: torch.Tensor) -> None:
         self.bytes -= kv.nbytes
