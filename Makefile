@@ -37,7 +37,7 @@ train: setup
 test: setup
 	@bash tools/podman_setup.sh >/dev/null
 	@bash tools/slurm_local.sh >/dev/null
-	$(PY) -m pytest -q -p no:cacheprovider $(ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider --durations=25 $(ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
