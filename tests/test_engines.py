@@ -81,8 +81,9 @@ def test_hf_engine_prefix_cache_keeps_log_probs_exact_across_turns_and_weight_up
     assert sorted(len(k) for k in engine.store.entries) == sorted(len(p) - 1 - (i + 1) for i, p in enumerate(prompts))
     assert all(any(p[: len(k)] == list(k) for p in prompts) for k in engine.store.entries)
     prompts.append([7, 7, 7, 7])  # a new episode beside three cached ones: an empty prefix in the same batch
+    prompts.append(list(range(20, 60)))  # and a long new prompt: run as a batch of its own
     turn(model)
-    assert len(engine.store.entries) == 4 and (engine.store.hits, engine.store.misses) == (9, 4)
+    assert len(engine.store.entries) == 5 and (engine.store.hits, engine.store.misses) == (9, 5)
     other = tiny(tmp_path / "b", seed=1)
     engine.update_weights(buckets_of(other, 1))
     assert not engine.store.entries  # keys/values of the old weights are gone
@@ -102,6 +103,18 @@ def test_hf_engine_prefix_cache_over_its_budget_stores_nothing_and_stays_exact(t
         prompt = prompt + g.token_ids + [9]
     engine.close()
     assert (engine.store.hits, engine.store.misses, engine.store.dropped, engine.store.bytes) == (0, 2, 2, 0)
+
+
+def test_prefix_store_holds_one_entry_per_episode_even_for_equal_sequences():
+    from pipeline.engines.hf import _PrefixStore
+
+    store = _PrefixStore(1 << 20)
+    a, b = torch.zeros(1, 2, 1, 3, 4), torch.ones(1, 2, 1, 3, 4)
+    store.put([1, 2, 3], a)
+    store.put([1, 2, 3], b)  # two samples of one task that moved alike
+    got = [store.take([1, 2, 3, 9]), store.take([1, 2, 3, 8]), store.take([1, 2, 3, 7])]
+    assert got[2] is None and {id(got[0]), id(got[1])} == {id(a), id(b)}
+    assert (store.hits, store.misses, store.bytes, store.entries) == (2, 1, 0, {})
 
 
 def test_hf_engine_stops_at_a_stop_token_and_keeps_it(tmp_path):

@@ -12,7 +12,7 @@ next turn of an episode, whose prompt starts with the previous prompt and genera
 computes only its new tokens. At 10M parameters and 32 turns that re-reading was ~90% of an
 evaluation (``tools/bench/microcosm_eval.py``). Rows of one batch have different cached
 and new lengths, so the batch is laid out right-aligned with a 4-D additive mask and
-explicit positions; new weights empty the store.
+explicit positions, in one preallocated buffer (``_SlotCache``); new weights empty the store.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from itertools import groupby
 from pathlib import Path
 
 import torch
-from transformers import DynamicCache
 
 from pipeline.engines.base import BatchingEngine, Generation, SamplingParams
 
@@ -106,10 +105,22 @@ class HFEngine(BatchingEngine):
         Layout of the batch's columns: [cached part (Lmax) | new prompt tokens (Nmax) |
         sampled tokens], each row right-aligned in the first two; a column a row does not
         use is masked for it. Pad queries attend to themselves only (no fully masked row)."""
+        hits = [self.store.take(p) for p in prompts]
+        # a row without a stored prefix would pad every row's prefill to its whole prompt:
+        # rows with long new parts run as their own batch
+        long = [i for i, (p, h) in enumerate(zip(prompts, hits)) if len(p) - (0 if h is None else h.shape[3]) > 32]
+        if not long or len(long) == len(prompts):
+            return self._decode(prompts, params, hits)
+        out: list[Generation | None] = [None] * len(prompts)
+        for idx in (long, [i for i in range(len(prompts)) if i not in set(long)]):
+            for i, g in zip(idx, self._decode([prompts[i] for i in idx], [params[i] for i in idx], [hits[i] for i in idx])):
+                out[i] = g
+        return out
+
+    def _decode(self, prompts: list[list[int]], params: list[SamplingParams], hits: list) -> list[Generation]:
         cfg = self.model.config
         n_layers, heads, dim = cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim
         B = len(prompts)
-        hits = [self.store.take(p) for p in prompts]
         lens = [0 if h is None else h.shape[3] for h in hits]
         news = [p[n:] for p, n in zip(prompts, lens)]
         lmax, nmax = max(lens), max(len(n) for n in news)
@@ -118,19 +129,18 @@ class HFEngine(BatchingEngine):
         valid = torch.zeros(B, width, dtype=torch.bool)
         ids = torch.full((B, nmax), self.pad_token_id, dtype=torch.long)
         pos = torch.zeros(B, nmax, dtype=torch.long)
-        cache = DynamicCache()
-        kv = torch.zeros(n_layers, 2, B, heads, lmax, dim) if lmax else None
+        # every column a forward writes before it reads; only the cached part's left pads
+        # are never written, and they must be finite (masked scores still multiply them)
+        kv = torch.empty(n_layers, 2, B, heads, width, dim)
         for i, (h, n, new) in enumerate(zip(hits, lens, news)):
+            kv[:, :, i, :, : lmax - n] = 0.0
             if n:
-                kv[:, :, i, :, lmax - n:] = h
+                kv[:, :, i, :, lmax - n: lmax] = h
                 valid[i, lmax - n: lmax] = True
             valid[i, lmax + nmax - len(new): lmax + nmax] = True
             ids[i, nmax - len(new):] = torch.tensor(new)
             pos[i, nmax - len(new):] = torch.arange(n, n + len(new))
-        if kv is not None:
-            for layer in range(n_layers):
-                cache.update(kv[layer, 0], kv[layer, 1], layer)
-            del kv
+        cache = _SlotCache(kv, lmax)
         neg = torch.finfo(torch.float32).min
         q = torch.arange(nmax)[:, None] + lmax  # the prefill's query columns
         k = torch.arange(lmax + nmax)[None, :]
@@ -168,12 +178,31 @@ class HFEngine(BatchingEngine):
             # keys/values held for prompt + all sampled tokens but the last (never fed)
             cols = torch.cat([torch.arange(lmax - lens[i], lmax), torch.arange(lmax + nmax - len(new), lmax + nmax),
                               torch.arange(lmax + nmax, lmax + nmax + len(toks[i]) - 1)])  # fmt: skip
-            held = torch.stack([torch.stack([cache.layers[layer].keys[i][:, cols], cache.layers[layer].values[i][:, cols]])
-                                for layer in range(n_layers)])  # fmt: skip
+            held = kv[:, :, i][:, :, :, cols]  # [layers, 2, heads, length, dim], a copy
             self.store.put(prompts[i] + toks[i][:-1], held)
             end = toks[i][-1] in stops[i] if toks[i] else False
             gens.append(Generation(toks[i], lps[i], "stop" if end else "length", self.policy_version))
         return gens
+
+
+class _SlotCache:
+    """The batch's keys/values in one preallocated [layers, 2, B, heads, width, dim] tensor:
+    a forward writes its new columns in place and attends to the filled prefix (a view).
+    transformers' DynamicCache concatenates instead, copying the whole cache every decoded
+    token. Only what the Qwen3 forward calls is here (``update``; ``get_seq_length``)."""
+
+    def __init__(self, kv: torch.Tensor, filled: int):
+        self.kv, self.ends = kv, [filled] * kv.shape[0]
+
+    def update(self, key, value, layer_idx: int, cache_kwargs=None):
+        a = self.ends[layer_idx]
+        b = self.ends[layer_idx] = a + key.shape[2]
+        self.kv[layer_idx, 0, :, :, a:b] = key
+        self.kv[layer_idx, 1, :, :, a:b] = value
+        return self.kv[layer_idx, 0, :, :, :b], self.kv[layer_idx, 1, :, :, :b]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.ends[layer_idx]
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
@@ -190,19 +219,25 @@ class _PrefixStore:
     """Keys/values per token sequence ([layers, 2, heads, length, head_dim]), at most
     ``max_bytes``: a sequence that does not fit is not stored (its next turn reads its
     prompt again). Not least-recently-used eviction: batches of episodes come round in
-    turn, so evicting the oldest would drop exactly the entries needed next. ``take``
-    removes what it returns: an episode's next turn stores its longer sequence in its place."""
+    turn, so evicting the oldest would drop exactly the entries needed next. Several
+    episodes may hold the same sequence (two samples of one task that moved alike), so a
+    key holds a list. ``take`` removes what it returns: an episode's next turn stores its
+    longer sequence in its place."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes, self.bytes = max_bytes, 0
-        self.entries: dict[tuple[int, ...], torch.Tensor] = {}
+        self.entries: dict[tuple[int, ...], list[torch.Tensor]] = {}
         self.lengths: Counter[int] = Counter()
         self.hits = self.misses = self.dropped = 0
 
     def take(self, prompt: list[int]) -> torch.Tensor | None:
         for n in sorted((n for n in self.lengths if n < len(prompt)), reverse=True):  # ≥ 1 new token left
-            kv = self.entries.pop(tuple(prompt[:n]), None)
-            if kv is not None:
+            key = tuple(prompt[:n])
+            held = self.entries.get(key)
+            if held:
+                kv = held.pop()
+                if not held:
+                    del self.entries[key]
                 self._forget(n, kv)
                 self.hits += 1
                 return kv
@@ -210,14 +245,13 @@ class _PrefixStore:
         return None
 
     def put(self, tokens: list[int], kv: torch.Tensor) -> None:
-        key = tuple(tokens)
-        if not key or key in self.entries:
+        if not tokens:
             return
         if self.bytes + kv.nbytes > self.max_bytes:
             self.dropped += 1
             return
-        self.entries[key] = kv
-        self.lengths[len(key)] += 1
+        self.entries.setdefault(tuple(tokens), []).append(kv)
+        self.lengths[len(tokens)] += 1
         self.bytes += kv.nbytes
 
     def _forget(self, n: int, kv: torch.Tensor) -> None:
