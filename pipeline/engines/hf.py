@@ -112,7 +112,8 @@ class HFEngine(BatchingEngine):
         if not long or len(long) == len(prompts):
             return self._decode(prompts, params, hits)
         out: list[Generation | None] = [None] * len(prompts)
-        for idx in (long, [i for i in range(len(prompts)) if i not in set(long)]):
+        short = sorted(set(range(len(prompts))) - set(long))
+        for idx in (long, short):
             for i, g in zip(idx, self._decode([prompts[i] for i in idx], [params[i] for i in idx], [hits[i] for i in idx])):
                 out[i] = g
         return out
