@@ -68,13 +68,21 @@ def _imitate(world: World, agent: Agent, data, steps: int, batch: int, experimen
     return rows
 
 
-def supervised_arm(world: World, arm: str) -> list[dict]:
+def supervised_run_dir(world: World, arm: str) -> Path:
     mc = world.mc
     coef = 0.0 if arm == "action" else mc.sup_env_coef
     keys = {k: getattr(mc, k) for k in ("model", "train_sizes", "max_turns", "temperature", "eval_every", "eval_mazes",
                                         "eval_samples", "probe_mazes", "sup_expert", "sup_mazes", "sup_steps", "sup_batch", "sup_lr",
                                         "sup_optim", "micro_batch_tokens")}  # fmt: skip
-    run_dir = _run_dir(world, f"supervised-{arm}", {**keys, "coef": coef})
+    return _run_dir(world, f"supervised-{arm}", {**keys, "coef": coef})
+
+
+def supervised_arm(world: World, arm: str) -> list[dict]:
+    """Imitation of ``sup_expert`` (ACTION CE, plus ``sup_env_coef`` × OUTPUT CE for ``action+output``);
+    the final weights are kept in the run's ``ckpt`` (for greedy evaluation and RL from them)."""
+    mc = world.mc
+    coef = 0.0 if arm == "action" else mc.sup_env_coef
+    run_dir = supervised_run_dir(world, arm)
     if (rows := _cached(run_dir)) is not None:
         return rows
     t0 = time.perf_counter()
@@ -86,6 +94,7 @@ def supervised_arm(world: World, arm: str) -> list[dict]:
     agent = Agent(world, "sft", coef, mc.sup_lr, workdir=run_dir, optim=mc.sup_optim)
     try:
         rows = _imitate(world, agent, data, mc.sup_steps, mc.sup_batch, "supervised", arm, t0, world.eval_tasks)
+        agent.learner.save(str(run_dir / "ckpt"))
     finally:
         agent.close()
     return _save_curve(run_dir, rows)
@@ -190,3 +199,29 @@ def env_only_arm(world: World) -> list[dict]:
 def _say(row: dict) -> None:
     print(f"  [{row['experiment']} {row['arm']} seed {row['seed']}] step {row['step']}: solve {float(row['solve_rate']):.3f} "
           f"probe CE {float(row['probe_ce']):.3f} ({row['seconds']} s)", flush=True)  # fmt: skip
+
+
+def import_curves(path: str, mc: MicrocosmConfig) -> list[Path]:
+    """Seed the run cache with the supervised runs of a published ``curves.csv`` (e.g. one in
+    ``docs/microcosm/``), so that new seeds join them in one report. The runs are filed under
+    this config's hash: import only a file this config produced."""
+    from types import SimpleNamespace
+
+    with open(path) as f:
+        rows = [r for r in csv.DictReader(f) if r["experiment"] == "supervised" and r["seed"] not in ("", "all")]
+    if not rows:
+        raise ValueError(f"{path}: no supervised curve rows")
+    written = []
+    for seed in sorted({int(r["seed"]) for r in rows}):
+        for arm in ("action", "action+output"):
+            mine = [r for r in rows if int(r["seed"]) == seed and r["arm"] == arm]
+            world = SimpleNamespace(mc=mc, root=Path(mc.out_dir), seed=seed)
+            run_dir = supervised_run_dir(world, arm)  # type: ignore[arg-type]
+            if not mine or (run_dir / "curve.csv").exists():
+                continue
+            if max(int(r["step"]) for r in mine) != mc.sup_steps:
+                raise ValueError(f"{path}: {arm} seed {seed} ends before sup_steps={mc.sup_steps}")
+            _save_curve(run_dir, [{k: r.get(k, "") for k in CURVE_FIELDS if k not in ("ci_lo", "ci_hi", "verdict")}
+                                  for r in mine])  # fmt: skip
+            written.append(run_dir)
+    return written

@@ -4,6 +4,7 @@ experiment end to end at CI size (``configs/microcosm/smoke.yaml``)."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 import random
 import subprocess
@@ -243,5 +244,23 @@ def test_every_experiment_runs_end_to_end_at_ci_size(tmp_path):
             ce = {(r["arm"], r["seed"], r["step"]): float(r["probe_ce"]) for r in rows}
             for s in ("0", "1"):
                 assert ce[("action+output", s, "2")] < ce[("action+output", s, "0")] - 0.05
-
-
+            # the final weights are kept, and at T=1 on the run's mazes they repeat its last evaluation
+            assert all((out / "runs" / d / "ckpt").is_dir() for d in {p.parent.name for p in (out / "runs").glob("supervised-*/curve.csv")})
+            ev = subprocess.run([sys.executable, "tools/microcosm_checkpoint_eval.py", "--config", "configs/microcosm/smoke.yaml",
+                                 "--seeds", "0", "--arms", "action+output", "--temperatures", "1.0,0.01", f"out_dir={out}"],
+                                cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+            assert ev.returncode == 0, ev.stdout[-3000:] + ev.stderr[-3000:]
+            got = [json.loads(line) for line in ev.stdout.splitlines() if line.startswith("{")]
+            assert [g["temperature"] for g in got] == [1.0, 0.01] and all(0 <= g["solve_rate"] <= 1 for g in got)
+            assert abs(got[0]["probe_ce"] - ce[("action+output", "0", "2")]) < 1e-3  # the same weights as the run's end
+            # a published curves.csv seeds a fresh cache: the report is rebuilt from it without training
+            fresh = tmp_path / "imported"
+            imp = subprocess.run([sys.executable, "-m", "pipeline.cli", "microcosm", "supervised", "--config",
+                                  "configs/microcosm/smoke.yaml", "--import-curves", str(d / "curves.csv"), f"out_dir={fresh}"],
+                                 cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+            assert imp.returncode == 0, imp.stdout[-3000:] + imp.stderr[-3000:]
+            assert imp.stdout.count("imported ") == 4 and imp.stdout.count("reusing the finished run") == 4
+            with open(fresh / "supervised" / "curves.csv") as f:
+                again = [r for r in csv.DictReader(f) if r["seed"] != "all"]
+            key = lambda r: (r["arm"], r["seed"], r["step"], r["solve_rate"], r["probe_ce"], r["per_maze"])  # noqa: E731
+            assert sorted(map(key, again)) == sorted(map(key, rows))
