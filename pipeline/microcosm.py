@@ -279,7 +279,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("experiment", choices=EXPERIMENTS)
     p.add_argument("--config", default="configs/microcosm/default.yaml", help="YAML (configs/microcosm/smoke.yaml: CI size)")
     p.add_argument("--power", action="store_true", help="print the smallest difference this config can detect; run nothing")
-    p.add_argument("--import-curves", metavar="CSV", help="first file a published supervised curves.csv's runs in the cache")
+    p.add_argument("--import-curves", metavar="CSV", help="first put the supervised runs of a published curves.csv in the run cache")
     p.add_argument("overrides", nargs="*", help="key=value, e.g. seeds=[0,1,2,3] out_dir=runs/m2")
     a = p.parse_intermixed_args(argv)
     try:

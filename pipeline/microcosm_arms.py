@@ -27,8 +27,12 @@ def _row(experiment, arm, seed, step, ev, train=None, t0=0.0) -> dict:
 
 
 def _run_dir(world: World, name: str, keys: dict) -> Path:
+    return _run_path(world.root, world.seed, name, keys)
+
+
+def _run_path(root: Path, seed: int, name: str, keys: dict) -> Path:
     digest = hashlib.sha1(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:8]
-    return world.root / "runs" / f"{name}-seed{world.seed}-{digest}"
+    return root / "runs" / f"{name}-seed{seed}-{digest}"
 
 
 def _cached(run_dir: Path) -> list[dict] | None:
@@ -68,13 +72,12 @@ def _imitate(world: World, agent: Agent, data, steps: int, batch: int, experimen
     return rows
 
 
-def supervised_run_dir(world: World, arm: str) -> Path:
-    mc = world.mc
+def supervised_run_dir(mc: MicrocosmConfig, seed: int, arm: str) -> Path:
     coef = 0.0 if arm == "action" else mc.sup_env_coef
     keys = {k: getattr(mc, k) for k in ("model", "train_sizes", "max_turns", "temperature", "eval_every", "eval_mazes",
                                         "eval_samples", "probe_mazes", "sup_expert", "sup_mazes", "sup_steps", "sup_batch", "sup_lr",
                                         "sup_optim", "micro_batch_tokens")}  # fmt: skip
-    return _run_dir(world, f"supervised-{arm}", {**keys, "coef": coef})
+    return _run_path(Path(mc.out_dir), seed, f"supervised-{arm}", {**keys, "coef": coef})
 
 
 def supervised_arm(world: World, arm: str) -> list[dict]:
@@ -82,7 +85,7 @@ def supervised_arm(world: World, arm: str) -> list[dict]:
     the final weights are kept in the run's ``ckpt`` (for greedy evaluation and RL from them)."""
     mc = world.mc
     coef = 0.0 if arm == "action" else mc.sup_env_coef
-    run_dir = supervised_run_dir(world, arm)
+    run_dir = supervised_run_dir(mc, world.seed, arm)
     if (rows := _cached(run_dir)) is not None:
         return rows
     t0 = time.perf_counter()
@@ -205,8 +208,6 @@ def import_curves(path: str, mc: MicrocosmConfig) -> list[Path]:
     """Seed the run cache with the supervised runs of a published ``curves.csv`` (e.g. one in
     ``docs/microcosm/``), so that new seeds join them in one report. The runs are filed under
     this config's hash: import only a file this config produced."""
-    from types import SimpleNamespace
-
     with open(path) as f:
         rows = [r for r in csv.DictReader(f) if r["experiment"] == "supervised" and r["seed"] not in ("", "all")]
     if not rows:
@@ -215,8 +216,7 @@ def import_curves(path: str, mc: MicrocosmConfig) -> list[Path]:
     for seed in sorted({int(r["seed"]) for r in rows}):
         for arm in ("action", "action+output"):
             mine = [r for r in rows if int(r["seed"]) == seed and r["arm"] == arm]
-            world = SimpleNamespace(mc=mc, root=Path(mc.out_dir), seed=seed)
-            run_dir = supervised_run_dir(world, arm)  # type: ignore[arg-type]
+            run_dir = supervised_run_dir(mc, seed, arm)
             if not mine or (run_dir / "curve.csv").exists():
                 continue
             if max(int(r["step"]) for r in mine) != mc.sup_steps:

@@ -39,14 +39,15 @@ def main() -> int:
     a = p.parse_args()
     mc = load_microcosm_config(a.config, a.overrides)
     results = []
+    temps = [float(t) for t in a.temperatures.split(",")]
     for seed in [int(s) for s in a.seeds.split(",")]:
+        worlds = {t: World(replace(mc, temperature=t), seed) for t in temps}  # same mazes: the streams depend on the seed only
         for arm in a.arms.split(","):
-            ckpt = supervised_run_dir(World(mc, seed), arm) / "ckpt"
+            ckpt = supervised_run_dir(mc, seed, arm) / "ckpt"
             if not ckpt.is_dir():
                 print(f"{ckpt}: no checkpoint (run `echo-rl microcosm supervised` for seed {seed} first)", file=sys.stderr)
                 return 2
-            for temp in [float(t) for t in a.temperatures.split(",")]:
-                world = World(replace(mc, temperature=temp), seed)  # same mazes: the stream depends on the seed only
+            for temp, world in worlds.items():
                 tasks = world.eval_tasks[: a.mazes or None]
                 agent = Agent(world, "sft", 0.0, mc.sup_lr, load=str(ckpt), workdir=ckpt.parent / f"eval-T{temp:g}")
                 t0 = time.perf_counter()
