@@ -67,6 +67,7 @@ class MicrocosmConfig:
     warm_mazes: int = 256  # random walks (no straight reversals) imitated by the warm start
     warm_steps: int = 40
     warm_env_coef: float = 1.0  # the warm start also models the terminal (as a pretrained LM has seen terminals)
+    rl_start: str = "walk"  # walk: the random-walk warm start; supervised-action / supervised-action+output: that arm's final weights
     rl_steps: int = 15
     rl_lr: float = 5e-5
     tasks_per_step: int = 8
@@ -80,6 +81,7 @@ class MicrocosmConfig:
 
 
 EXPERIMENTS = ("supervised", "rl", "probe", "env_only")
+RL_STARTS = ("walk", "supervised-action", "supervised-action+output")
 
 
 def load_microcosm_config(path: str | None, overrides: list[str]) -> MicrocosmConfig:
@@ -102,6 +104,8 @@ def load_microcosm_config(path: str | None, overrides: list[str]) -> MicrocosmCo
 
     if cfg.sup_expert not in EXPERTS:
         raise ConfigError(f"microcosm config key 'sup_expert': {cfg.sup_expert!r} is not one of {EXPERTS}")
+    if cfg.rl_start not in RL_STARTS:
+        raise ConfigError(f"microcosm config key 'rl_start': {cfg.rl_start!r} is not one of {RL_STARTS}")
     if len(cfg.seeds) < 1 or cfg.eval_every < 1:
         raise ConfigError("microcosm config: need at least one seed and eval_every ≥ 1")
     return cfg
@@ -295,6 +299,10 @@ def main(argv: list[str]) -> int:
 
         for d in import_curves(a.import_curves, mc):
             print(f"imported {d}")
-    run_experiment(a.experiment, mc)
+    try:
+        run_experiment(a.experiment, mc)
+    except ConfigError as e:  # found only when a run needs it (rl_start: a cached arm without weights)
+        print(f"echo-rl: {e}", file=sys.stderr)
+        return 2
     return 0
 

@@ -72,12 +72,16 @@ def _imitate(world: World, agent: Agent, data, steps: int, batch: int, experimen
     return rows
 
 
-def supervised_run_dir(mc: MicrocosmConfig, seed: int, arm: str) -> Path:
+def _supervised_keys(mc: MicrocosmConfig, arm: str) -> dict:
     coef = 0.0 if arm == "action" else mc.sup_env_coef
     keys = {k: getattr(mc, k) for k in ("model", "train_sizes", "max_turns", "temperature", "eval_every", "eval_mazes",
                                         "eval_samples", "probe_mazes", "sup_expert", "sup_mazes", "sup_steps", "sup_batch", "sup_lr",
                                         "sup_optim", "micro_batch_tokens")}  # fmt: skip
-    return _run_path(Path(mc.out_dir), seed, f"supervised-{arm}", {**keys, "coef": coef})
+    return {**keys, "coef": coef}
+
+
+def supervised_run_dir(mc: MicrocosmConfig, seed: int, arm: str) -> Path:
+    return _run_path(Path(mc.out_dir), seed, f"supervised-{arm}", _supervised_keys(mc, arm))
 
 
 def supervised_arm(world: World, arm: str) -> list[dict]:
@@ -104,18 +108,35 @@ def supervised_arm(world: World, arm: str) -> list[dict]:
 
 
 def _rl_keys(mc: MicrocosmConfig) -> dict:
-    return {k: getattr(mc, k) for k in ("model", "train_sizes", "max_turns", "temperature", "eval_every", "eval_mazes",
+    keys = {k: getattr(mc, k) for k in ("model", "train_sizes", "max_turns", "temperature", "eval_every", "eval_mazes",
                                         "probe_mazes", "eval_samples", "warm_mazes", "warm_steps", "warm_env_coef",
                                         "sup_lr", "sup_optim", "sup_batch", "rl_steps", "rl_lr", "tasks_per_step",
                                         "group_size", "rl_loss")}  # fmt: skip
+    if mc.rl_start != "walk":  # (the walk start's keys are unchanged: its runs keep their cache)
+        keys = {**keys, "rl_start": mc.rl_start, "start": _supervised_keys(mc, mc.rl_start.removeprefix("supervised-"))}
+    return keys
 
 
 def warm_start(world: World) -> tuple[Path, dict]:
-    """Imitation of random-walk trajectories (ACTION CE + ``warm_env_coef`` × OUTPUT CE): the one
-    starting point of every RL arm. Modelling the terminal a little mirrors the paper's
-    setting, a pretrained LM that has seen terminals; with ``warm_env_coef=0`` the OUTPUT CE
-    starts far above uniform and ECHO's first steps are spent there."""
+    """The one starting point of every RL arm of a seed: its checkpoint and its evaluation (step 0).
+
+    ``rl_start=walk``: imitation of random-walk trajectories (ACTION CE + ``warm_env_coef`` ×
+    OUTPUT CE). Modelling the terminal a little mirrors the paper's setting, a pretrained LM
+    that has seen terminals; with ``warm_env_coef=0`` the OUTPUT CE starts far above uniform
+    and ECHO's first steps are spent there. ``rl_start=supervised-<arm>``: that supervised
+    arm's final weights (trained first if not cached), its last evaluation as step 0."""
     mc = world.mc
+    if mc.rl_start != "walk":
+        arm = mc.rl_start.removeprefix("supervised-")
+        rows = supervised_arm(world, arm)
+        ckpt = supervised_run_dir(mc, world.seed, arm) / "ckpt"
+        if not ckpt.is_dir():
+            from pipeline.config import ConfigError
+
+            raise ConfigError(f"microcosm config key 'rl_start': {ckpt} is missing (an imported curve has no weights): "
+                              f"remove {ckpt.parent} to train it again")  # fmt: skip
+        last = max(rows, key=lambda r: int(r["step"]))
+        return ckpt, {**last, "experiment": "rl", "arm": "warm start", "step": 0, "train_solve_rate": "", "loss": ""}
     keys = {k: v for k, v in _rl_keys(mc).items() if not k.startswith(("rl_", "tasks_", "group_"))}
     run_dir = _run_dir(world, "warmstart", keys)
     ckpt = run_dir / "ckpt"

@@ -203,6 +203,8 @@ def test_config_errors_name_the_key():
         load_microcosm_config(str(ROOT / "configs/microcosm/default.yaml"), ["sup_stpes=3"])
     with pytest.raises(ConfigError, match="env_only_coef"):
         load_microcosm_config(str(ROOT / "configs/microcosm/default.yaml"), ["env_only_coef=0.3"])
+    with pytest.raises(ConfigError, match="rl_start"):
+        load_microcosm_config(str(ROOT / "configs/microcosm/default.yaml"), ["rl_start=bfs"])
 
 
 @pytest.mark.slow
@@ -264,3 +266,23 @@ def test_every_experiment_runs_end_to_end_at_ci_size(tmp_path):
                 again = [r for r in csv.DictReader(f) if r["seed"] != "all"]
             key = lambda r: (r["arm"], r["seed"], r["step"], r["solve_rate"], r["probe_ce"], r["per_maze"])  # noqa: E731
             assert sorted(map(key, again)) == sorted(map(key, rows))
+            # rl from the supervised action+output arm: its weights, its last evaluation as every arm's step 0
+            sup = {k: v for k, v in ce.items() if k[0] == "action+output" and k[2] == "2"}
+            rl = subprocess.run([sys.executable, "-m", "pipeline.cli", "microcosm", "rl", "--config", "configs/microcosm/smoke.yaml",
+                                 f"out_dir={out}", "rl_start=supervised-action+output", "rl_steps=1", "seeds=[0]"],
+                                cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+            assert rl.returncode == 0, rl.stdout[-3000:] + rl.stderr[-3000:]
+            assert "random-walk" not in rl.stdout and "reusing the finished run" in rl.stdout
+            with open(out / "rl" / "curves.csv") as f:
+                got = [r for r in csv.DictReader(f) if r["seed"] == "0"]
+            first = {r["arm"]: r for r in got if r["step"] == "0"}
+            last = next(r for r in rows if (r["arm"], r["seed"], r["step"]) == ("action+output", "0", "2"))
+            assert set(first) == {"grpo", "echo-0.05", "echo-0.2"} and {r["step"] for r in got} == {"0", "1"}
+            for r in first.values():
+                assert (r["solve_rate"], r["per_maze"]) == (last["solve_rate"], last["per_maze"])
+                assert abs(float(r["probe_ce"]) - sup[("action+output", "0", "2")]) < 1e-6
+            # an imported curve has no weights: rl from it says so and trains nothing
+            bad = subprocess.run([sys.executable, "-m", "pipeline.cli", "microcosm", "rl", "--config", "configs/microcosm/smoke.yaml",
+                                  f"out_dir={fresh}", "rl_start=supervised-action+output", "rl_steps=1", "seeds=[0]"],
+                                 cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+            assert bad.returncode != 0 and "is missing (an imported curve has no weights)" in bad.stderr, bad.stderr[-2000:]
