@@ -101,6 +101,30 @@ def test_the_explorer_needs_only_what_the_agent_sees_and_always_arrives():
     assert 0 < forks < 300  # it does guess at forks (where BFS knows), and sometimes guesses right at all of them
 
 
+def test_move_classes_label_each_explorer_move_by_what_choosing_it_needs():
+    sys.path.insert(0, str(ROOT / "tools"))
+    from microcosm_move_errors import move_classes
+
+    rng = random.Random(5)
+    kinds = {"undo": 0, "next try": 0, "first try": 0}
+    for i in range(100):
+        m = generate_maze((6, 7, 8)[i % 3], rng)
+        moves, classes, dist = explore_actions(m), move_classes(m), m.distances()
+        assert len(classes) == len(moves) and classes[0][2] is None
+        cell, cells = m.start, [m.start]
+        for d in moves:
+            cell = m.step(cell, d)
+            cells.append(cell)
+        for k, ((kind, forced, rev), d) in enumerate(zip(classes, moves)):
+            kinds[kind] += 1
+            went_up = k > 0 and dist[cells[k]] > dist[cells[k - 1]]
+            assert (kind == "undo") == went_up  # an undo follows exactly the moves that raised the distance
+            assert kind != "undo" or (forced and d == rev)  # and it is the reverse of that move
+            assert kind != "next try" or classes[k - 1][0] == "undo"
+            assert k == 0 or rev == OPPOSITE[moves[k - 1]]
+    assert all(kinds.values()) and kinds["undo"] == kinds["next try"]  # every undo is followed by a next try
+
+
 def test_the_maze_terminal_answers_moves_walls_the_goal_and_invalid_actions(tmp_path):
     task = maze_tasks([5], 1, tmp_path, seed=3)[0]
     m = Maze.from_json((task.task_dir / "maze.json").read_text())
