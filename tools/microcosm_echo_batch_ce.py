@@ -3,7 +3,7 @@
     python tools/microcosm_echo_batch_ce.py --config configs/microcosm/original.yaml \
         --seed 0 --coef 0.2 --steps 6 rl_start=supervised-action+output [overrides...]
 
-From the RL start of ``rl_start`` (a supervised arm's checkpoint, which must exist), runs
+From the RL arms' start (``rl_start``: the random-walk warm start or a supervised arm), runs
 ``--steps`` ECHO steps on the rl arms' own task stream and prints, per step, the OUTPUT CE of
 that step's own rollouts before and after its update, and the world-model probe (held-out
 BFS-expert episodes) after it. The README's microcosm section quotes it: the update lowers
@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.microcosm import Agent, World, load_microcosm_config  # noqa: E402
-from pipeline.microcosm_arms import supervised_run_dir  # noqa: E402
+from pipeline.microcosm_arms import warm_start  # noqa: E402
 
 
 def main() -> int:
@@ -35,14 +35,8 @@ def main() -> int:
     p.add_argument("overrides", nargs="*")
     a = p.parse_args()
     mc = load_microcosm_config(a.config, a.overrides)
-    if mc.rl_start == "walk":
-        print("rl_start=walk: pass rl_start=supervised-<arm> (the walk start's weights live in its run dir)", file=sys.stderr)
-        return 2
-    ckpt = supervised_run_dir(mc, a.seed, mc.rl_start.removeprefix("supervised-")) / "ckpt"
-    if not ckpt.is_dir():
-        print(f"{ckpt}: no checkpoint (run `echo-rl microcosm supervised` for seed {a.seed} first)", file=sys.stderr)
-        return 2
     world = World(mc, a.seed)
+    ckpt, _ = warm_start(world)  # the rl arms' start (trained first if not cached), as rl_arm gets it
     agent = Agent(world, "echo", a.coef, mc.rl_lr, load=str(ckpt), workdir=ckpt.parent / f"echo-batch-ce-{a.coef:g}",
                   loss=mc.rl_loss)  # fmt: skip
     ce = lambda trajs: world_model_probe(agent.learner, trajs, mc.micro_batch_tokens)["probe/output_ce"]  # noqa: E731
