@@ -48,6 +48,7 @@ class MicrocosmConfig:
     train_sizes: list[int] = field(default_factory=lambda: [6, 7, 8])
     unseen_size: int = 9  # env_only trains and evaluates here (never seen before)
     max_turns: int = 32  # moves per episode
+    feedback: str = "distance"  # what a move's response says: distance (moved 8 …) or compare (closer 8 … / farther 10 …)
     temperature: float = 1.0  # sampling temperature (rollouts and evaluation)
     micro_batch_tokens: int = 512  # packed attention is unfused on CPU: S² per micro-batch
     eval_every: int = 5  # steps between evaluations (and the last step)
@@ -100,8 +101,10 @@ def load_microcosm_config(path: str | None, overrides: list[str]) -> MicrocosmCo
         raise ConfigError(f"microcosm config key '{getattr(e, 'full_key', '?')}': {str(e).splitlines()[0]}") from None
     if cfg.env_only_coef not in cfg.env_coefs:
         raise ConfigError(f"microcosm config key 'env_only_coef': {cfg.env_only_coef} is not one of env_coefs {cfg.env_coefs}")
-    from pipeline.tasks.maze import EXPERTS
+    from pipeline.tasks.maze import EXPERTS, FEEDBACKS
 
+    if cfg.feedback not in FEEDBACKS:
+        raise ConfigError(f"microcosm config key 'feedback': {cfg.feedback!r} is not one of {FEEDBACKS}")
     if cfg.sup_expert not in EXPERTS:
         raise ConfigError(f"microcosm config key 'sup_expert': {cfg.sup_expert!r} is not one of {EXPERTS}")
     if cfg.rl_start not in RL_STARTS:
@@ -133,9 +136,10 @@ class World:
                                      temperature=mc.temperature, max_tokens_per_turn=2,
                                      max_context_tokens=mc.max_turns * 8 + 96, max_concurrent_episodes=256)  # fmt: skip
         self.ro = Rollouter(self.chat, self.backend, self.rollout, self.sandbox)  # engines vary: passed per call
-        tasks = self.root / "tasks" / f"seed{seed}"
+        tasks = self.root / "tasks" / (f"seed{seed}" if mc.feedback == "distance" else f"seed{seed}-{mc.feedback}")
         base = 1_000_000 * (seed + 1)  # disjoint maze streams: eval, probe, data, per-step
-        self.tasks = lambda sizes, n, offset: maze_tasks(sizes, n, tasks / str(offset), seed=base + offset)
+        self.tasks = lambda sizes, n, offset: maze_tasks(sizes, n, tasks / str(offset), seed=base + offset,
+                                                              feedback=mc.feedback)
         self.eval_tasks = self.tasks(mc.train_sizes, mc.eval_mazes, 1)
         self.unseen_eval_tasks = self.tasks([mc.unseen_size], mc.eval_mazes, 2)
         self.probe = self.reference(self.tasks(mc.train_sizes, mc.probe_mazes, 3), "bfs")

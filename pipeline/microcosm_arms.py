@@ -77,7 +77,11 @@ def _supervised_keys(mc: MicrocosmConfig, arm: str) -> dict:
     keys = {k: getattr(mc, k) for k in ("model", "train_sizes", "max_turns", "temperature", "eval_every", "eval_mazes",
                                         "eval_samples", "probe_mazes", "sup_expert", "sup_mazes", "sup_steps", "sup_batch", "sup_lr",
                                         "sup_optim", "micro_batch_tokens")}  # fmt: skip
-    return {**keys, "coef": coef}
+    return {**keys, **_feedback_key(mc), "coef": coef}
+
+
+def _feedback_key(mc: MicrocosmConfig) -> dict:
+    return {"feedback": mc.feedback} if mc.feedback != "distance" else {}  # (distance runs keep their cache)
 
 
 def supervised_run_dir(mc: MicrocosmConfig, seed: int, arm: str) -> Path:
@@ -112,6 +116,7 @@ def _rl_keys(mc: MicrocosmConfig) -> dict:
                                         "probe_mazes", "eval_samples", "warm_mazes", "warm_steps", "warm_env_coef",
                                         "sup_lr", "sup_optim", "sup_batch", "rl_steps", "rl_lr", "tasks_per_step",
                                         "group_size", "rl_loss")}  # fmt: skip
+    keys.update(_feedback_key(mc))
     if mc.rl_start != "walk":  # (the walk start's keys are unchanged: its runs keep their cache)
         keys = {**keys, "rl_start": mc.rl_start, "start": _supervised_keys(mc, mc.rl_start.removeprefix("supervised-"))}
     return keys

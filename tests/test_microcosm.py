@@ -142,6 +142,41 @@ def test_the_maze_terminal_answers_moves_walls_the_goal_and_invalid_actions(tmp_
         assert run_verifier(task, box) == 1.0
 
 
+def test_compare_feedback_says_which_way_the_distance_went_and_nothing_else_changes(tmp_path, tok):
+    """``feedback: compare``: each move that moved answers ``closer``/``farther`` (checked
+    against the maze's own distances, both words seen), the same mazes as ``distance``; a
+    ``distance`` maze.json is as before (no field, ``moved``)."""
+    cmp_tasks = maze_tasks([6, 7], 12, tmp_path / "c", seed=21, feedback="compare")
+    dist_tasks = maze_tasks([6, 7], 12, tmp_path / "d", seed=21)
+    seen = {"closer": 0, "farther": 0}
+    for tc, td in zip(cmp_tasks, dist_tasks):
+        mc, md = (Maze.from_json((t.task_dir / "maze.json").read_text()) for t in (tc, td))
+        assert "feedback" not in json.loads((td.task_dir / "maze.json").read_text()) and md.feedback == "distance"
+        assert mc.feedback == "compare" and (mc.open, mc.start, mc.goal) == (md.open, md.start, md.goal)
+        assert tc.instruction == td.instruction
+        dist, cell = mc.distances(), mc.start
+        with MazeBackend().start(task=tc) as bc, MazeBackend().start(task=td) as bd:
+            for d in explore_actions(mc):
+                rc, rd = bc.exec(d).output, bd.exec(d).output
+                nxt = mc.step(cell, d)
+                word = "goal" if nxt == mc.goal else "closer" if dist[nxt] == dist[cell] - 1 else "farther"
+                assert rc.split(" ", 1) == [word, rd.split(" ", 1)[1]]  # only the first word differs
+                assert rd.split()[0] == ("goal" if word == "goal" else "moved")
+                seen[word] = seen.get(word, 0) + 1
+                cell = nxt
+        assert rc.startswith("goal 0 ")
+    assert seen["closer"] > 0 and seen["farther"] > 0 and seen["goal"] == 12
+    ids = tok.convert_tokens_to_ids(["closer", "farther", "moved"])
+    vocab = min(json.loads(p.read_text())["vocab_size"] for p in (ROOT / "configs/models").glob("maze-*.json"))
+    assert tok.unk_token_id not in ids and max(ids) < vocab  # words of the tokenizer, inside the models' vocab_size
+    with MazeBackend().start(task=cmp_tasks[0]) as box:  # a wall still answers blocked
+        m = Maze.from_json((cmp_tasks[0].task_dir / "maze.json").read_text())
+        wall = next(x for x in DIRECTIONS if not m.can_move(m.start, x))
+        assert box.exec(wall).output.startswith(f"blocked {m.distances()[m.start]} ")
+    with pytest.raises(ValueError, match="feedback"):
+        maze_tasks([6], 1, tmp_path / "x", seed=1, feedback="colour")
+
+
 class _Typist(BatchingEngine):
     """Types a fixed list of words, one per turn (the model's side of a scripted episode)."""
 
@@ -229,6 +264,20 @@ def test_config_errors_name_the_key():
         load_microcosm_config(str(ROOT / "configs/microcosm/default.yaml"), ["env_only_coef=0.3"])
     with pytest.raises(ConfigError, match="rl_start"):
         load_microcosm_config(str(ROOT / "configs/microcosm/default.yaml"), ["rl_start=bfs"])
+    with pytest.raises(ConfigError, match="feedback"):
+        load_microcosm_config(str(ROOT / "configs/microcosm/default.yaml"), ["feedback=colour"])
+
+
+def test_feedback_is_in_the_run_cache_keys_and_distance_runs_keep_theirs():
+    from pipeline.microcosm import load_microcosm_config
+    from pipeline.microcosm_arms import _rl_keys, _supervised_keys, supervised_run_dir
+
+    cfg = lambda *o: load_microcosm_config(str(ROOT / "configs/microcosm/original.yaml"), list(o))  # noqa: E731
+    dist, cmp = cfg(), cfg("feedback=compare")
+    assert "feedback" not in _supervised_keys(dist, "action") and "feedback" not in _rl_keys(dist)
+    assert _supervised_keys(cmp, "action")["feedback"] == "compare" and _rl_keys(cmp)["feedback"] == "compare"
+    assert supervised_run_dir(dist, 0, "action") != supervised_run_dir(cmp, 0, "action")
+    assert supervised_run_dir(dist, 0, "action") == supervised_run_dir(cfg("feedback=distance"), 0, "action")
 
 
 @pytest.mark.slow

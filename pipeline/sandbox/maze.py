@@ -38,11 +38,8 @@ class MazeSandbox(Sandbox):
             return MazeResult("", 0)
         if move not in DIRECTIONS:
             return MazeResult(INVALID, 1, duration_s=time.perf_counter() - t0)
-        moved = self.maze.can_move(self.cell, move)
-        self.cell = self.maze.step(self.cell, move)
-        status = "goal" if self.cell == self.maze.goal else "moved" if moved else "blocked"
-        out = f"{status} {self.maze.surroundings(self.cell, self.dist[self.cell])}"
-        return MazeResult(out, 0, done=status == "goal", duration_s=time.perf_counter() - t0)
+        self.cell, out = self.maze.response(self.cell, move, self.dist)
+        return MazeResult(out, 0, done=self.cell == self.maze.goal, duration_s=time.perf_counter() - t0)
 
     def put_files(self, files: dict[str, bytes], *, mode: int = 0o644) -> None:
         if files:

@@ -16,6 +16,12 @@ per word (``maze_tokenizer``)::
              goal 0 open:up            (reached: the episode ends, reward 1)
     anything else: WARNING: invalid action ...           (WARNING)
 
+With ``feedback: compare`` (a maze.json field; ``maze_tasks(feedback=...)``) a move that
+moved says which way the distance went instead of ``moved``: ``closer 8 open:up,left`` or
+``farther 10 open:down``. The distance words are unordered tokens, so under ``distance``
+feedback "did it go up?" is a comparison the model must learn pair by pair; it is the one
+decision imitation of the explorer does not learn (README, microcosm: undo moves 0.725).
+
 The number is the length of the shortest path to the goal, so a world model of the maze
 can predict it (it changes by exactly ±1 per move in a perfect maze); the open sides are
 one token (15 words), which keeps an episode at 5 tokens per move.
@@ -41,6 +47,7 @@ OPPOSITE = {"up": "down", "down": "up", "left": "right", "right": "left"}
 SIZES = range(3, 13)  # sizes the tokenizer has words for
 MAX_DIST = 150  # distances the tokenizer has words for (a 12×12 path is at most 143)
 INVALID = "WARNING: invalid action"
+FEEDBACKS = ("distance", "compare")  # what a move's response says (module docstring)
 
 
 @dataclass
@@ -49,6 +56,7 @@ class Maze:
     open: set[tuple[tuple[int, int], tuple[int, int]]]  # passages, both directions
     start: tuple[int, int]
     goal: tuple[int, int]
+    feedback: str = "distance"  # FEEDBACKS
 
     def can_move(self, cell: tuple[int, int], direction: str) -> bool:
         dr, dc = DIRECTIONS[direction]
@@ -73,14 +81,31 @@ class Maze:
     def surroundings(self, cell: tuple[int, int], dist: int) -> str:
         return f"{dist} " + open_word([d for d in DIRECTIONS if self.can_move(cell, d)])
 
+    def response(self, cell: tuple[int, int], direction: str, dist: dict[tuple[int, int], int]) -> tuple[tuple[int, int], str]:
+        """The cell after the move and the terminal's answer to it (the protocol above)."""
+        nxt = self.step(cell, direction)
+        if nxt == self.goal:
+            status = "goal"
+        elif nxt == cell:
+            status = "blocked"
+        elif self.feedback == "compare":
+            status = "closer" if dist[nxt] < dist[cell] else "farther"
+        else:
+            status = "moved"
+        return nxt, f"{status} {self.surroundings(nxt, dist[nxt])}"
+
     def to_json(self) -> str:
+        extra = {"feedback": self.feedback} if self.feedback != "distance" else {}  # (distance mazes read as before)
         return json.dumps({"size": self.size, "start": self.start, "goal": self.goal,
-                           "open": sorted([list(a), list(b)] for a, b in self.open)})  # fmt: skip
+                           "open": sorted([list(a), list(b)] for a, b in self.open), **extra})  # fmt: skip
 
     @classmethod
     def from_json(cls, text: str) -> "Maze":
         d = json.loads(text)
-        return cls(d["size"], {(tuple(a), tuple(b)) for a, b in d["open"]}, tuple(d["start"]), tuple(d["goal"]))
+        feedback = d.get("feedback", "distance")
+        if feedback not in FEEDBACKS:
+            raise ValueError(f"maze.json 'feedback': {feedback!r} is not one of {FEEDBACKS}")
+        return cls(d["size"], {(tuple(a), tuple(b)) for a, b in d["open"]}, tuple(d["start"]), tuple(d["goal"]), feedback)
 
     def render(self) -> str:
         """ASCII picture (S start, G goal), for people."""
@@ -158,13 +183,17 @@ def explore_actions(maze: Maze, order: tuple[str, ...] = tuple(DIRECTIONS)) -> l
     return out
 
 
-def maze_tasks(sizes: list[int], n: int, out_dir: str | Path, *, seed: int) -> list[Task]:
-    """``n`` fresh mazes (sizes cycled), written as task dirs (``maze.json``) under ``out_dir``."""
+def maze_tasks(sizes: list[int], n: int, out_dir: str | Path, *, seed: int, feedback: str = "distance") -> list[Task]:
+    """``n`` fresh mazes (sizes cycled), written as task dirs (``maze.json``) under ``out_dir``.
+    The mazes depend on ``seed`` only: ``feedback`` changes what the terminal says, not the maze."""
+    if feedback not in FEEDBACKS:
+        raise ValueError(f"maze feedback must be one of {FEEDBACKS}, got {feedback!r}")
     rng = random.Random(seed)
     out_dir = Path(out_dir)
     tasks = []
     for i in range(n):
         maze = generate_maze(sizes[i % len(sizes)], rng)
+        maze.feedback = feedback
         task_dir = out_dir / f"maze-{seed}-{i:05d}"
         task_dir.mkdir(parents=True, exist_ok=True)
         (task_dir / "maze.json").write_text(maze.to_json())
@@ -188,7 +217,7 @@ def vocabulary() -> list[str]:
     for w in notices.split():
         if w not in words:
             words.append(w)
-    return words
+    return words + ["closer", "farther"]  # feedback: compare (last: the ids before them are unchanged)
 
 
 def maze_tokenizer(out_dir: str | Path | None = None):
