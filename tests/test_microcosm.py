@@ -273,11 +273,13 @@ def test_feedback_is_in_the_run_cache_keys_and_distance_runs_keep_theirs():
     from pipeline.microcosm_arms import _rl_keys, _supervised_keys, supervised_run_dir
 
     cfg = lambda *o: load_microcosm_config(str(ROOT / "configs/microcosm/original.yaml"), list(o))  # noqa: E731
-    dist, cmp = cfg(), cfg("feedback=compare")
+    dist, cmp = cfg("feedback=distance"), cfg("feedback=compare")
     assert "feedback" not in _supervised_keys(dist, "action") and "feedback" not in _rl_keys(dist)
     assert _supervised_keys(cmp, "action")["feedback"] == "compare" and _rl_keys(cmp)["feedback"] == "compare"
     assert supervised_run_dir(dist, 0, "action") != supervised_run_dir(cmp, 0, "action")
-    assert supervised_run_dir(dist, 0, "action") == supervised_run_dir(cfg("feedback=distance"), 0, "action")
+    assert cfg().feedback == "compare" and supervised_run_dir(cfg(), 0, "action") == supervised_run_dir(cmp, 0, "action")
+    # the distance runs published in docs/microcosm/original keep the run dirs they were cached under
+    assert supervised_run_dir(dist, 0, "action+output").name == "supervised-action+output-seed0-22decad0"  # move-errors-seed0-cosine200.jsonl
 
 
 @pytest.mark.slow
