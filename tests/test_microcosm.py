@@ -278,8 +278,8 @@ def test_feedback_is_in_the_run_cache_keys_and_distance_runs_keep_theirs():
     assert _supervised_keys(cmp, "action")["feedback"] == "compare" and _rl_keys(cmp)["feedback"] == "compare"
     assert supervised_run_dir(dist, 0, "action") != supervised_run_dir(cmp, 0, "action")
     assert cfg().feedback == "compare" and supervised_run_dir(cfg(), 0, "action") == supervised_run_dir(cmp, 0, "action")
-    # the distance runs published in docs/microcosm/original keep the run dirs they were cached under
-    assert supervised_run_dir(dist, 0, "action+output").name == "supervised-action+output-seed0-22decad0"  # move-errors-seed0-cosine200.jsonl
+    # the distance runs published in docs/microcosm/original keep their cache dirs (move-errors-seed0-cosine200.jsonl)
+    assert supervised_run_dir(dist, 0, "action+output").name == "supervised-action+output-seed0-22decad0"
 
 
 @pytest.mark.slow
