@@ -183,21 +183,24 @@ def test_no_family_keeps_its_answer_where_the_agent_can_read_it(family, tmp_path
         assert data not in seeded.values()
 
 
-def test_docker_root_agent_is_contained_by_fresh_isolation(task_rootfs, targets, chat, tmp_path):
+def test_docker_root_agent_is_contained_by_separate_and_fresh_isolation(task_rootfs, targets, chat, tmp_path):
     """With the agent as root, attacks that rewrite the system raise the reward when the
-    verifier shares the agent's sandbox (the positive control: these are real attacks), and
-    score 0 with verifier_isolation=fresh. The cost of fresh is measured in the note."""
-    same = _backend("docker", task_rootfs, tmp_path, agent_user="root", image_map=IMAGE_MAP)
-    fresh = _backend("docker", task_rootfs, tmp_path, agent_user="root", verifier_isolation="fresh", image_map=IMAGE_MAP)
+    verifier shares the agent's sandbox (``same``, Harbor's semantics: the positive control,
+    these are real attacks), and score 0 with ``separate`` (the default: the task image's
+    toolchain, the agent's files and services) and ``fresh`` (the work tree only)."""
+    same = _backend("docker", task_rootfs, tmp_path, agent_user="root", verifier_isolation="same", image_map=IMAGE_MAP)
     task = targets[0]
     system = [a for a in ATTACKS if a.name in ("fake_compare_tools", "replace_system_binaries", "path_trojans")]
     raised = [a.name for a in system if _episode(task, [a.command], same, chat).reward > 0]
     assert raised, "no root attack got through a shared sandbox: the control does not exercise anything"
-    for a in ATTACKS:
-        traj = _episode(task, [a.command], fresh, chat)
-        assert (traj.infra_error, traj.reward) == (False, 0.0), (a.name, traj.metadata.get("infra_error"))
-    good = _episode(task, [task.solution], fresh, chat)
-    assert good.reward == 1.0
+    for iso in ("separate", "fresh"):
+        contained = _backend("docker", task_rootfs, tmp_path, agent_user="root", verifier_isolation=iso,
+                             image_map=IMAGE_MAP)  # fmt: skip
+        for a in ATTACKS:
+            traj = _episode(task, [a.command], contained, chat)
+            assert (traj.infra_error, traj.reward) == (False, 0.0), (iso, a.name, traj.metadata.get("infra_error"))
+        good = _episode(task, [task.solution], contained, chat)
+        assert good.reward == 1.0, (iso, good.metadata)
 
 
 def test_bwrap_refuses_what_it_cannot_reproduce(task_rootfs, tmp_path):

@@ -11,6 +11,7 @@ the host but what the task provides, and reaping of leftovers from a killed trai
 from __future__ import annotations
 
 import abc
+import contextlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,8 @@ class SandboxConfig:
     drain_bytes: int = 8 << 20  # output read past the cap before the command is stopped
     workdir: str = "/app"  # the task's writable directory inside the sandbox (docker: the image's WORKDIR wins)
     agent_user: str = "unprivileged"  # who runs the agent's commands: unprivileged | root | task ([agent] user)
-    verifier_isolation: str = "same"  # same: verify in the agent's sandbox (Harbor) | fresh: a new one with only the work tree
+    verifier_isolation: str = "separate"  # separate: a new sandbox with the agent's files and services (boundary.py) | same: the agent's (Harbor) | fresh: a new one with only the work tree
+    copy_bytes: int = 256 << 20  # apparent bytes of the agent's files that may cross into the verifier's sandbox
     reward_key: str = "reward"  # reward.json: the key trained on (no such key: the mean of its values)
     image_map: dict = field(default_factory=dict)  # public image name → local one (air-gapped clusters, this machine)
     agent_network: str = "none"  # the agent phase's network: none | task (what the task declares: allow_internet / network_mode)
@@ -39,12 +41,12 @@ class SandboxConfig:
             errs.append(("backend", f"must be bwrap, docker or maze, got {self.backend!r}"))
         if self.agent_user not in ("unprivileged", "root", "task"):
             errs.append(("agent_user", f"must be unprivileged, root or task, got {self.agent_user!r}"))
-        if self.verifier_isolation not in ("same", "fresh"):
-            errs.append(("verifier_isolation", f"must be same or fresh, got {self.verifier_isolation!r}"))
+        if self.verifier_isolation not in ("separate", "same", "fresh"):
+            errs.append(("verifier_isolation", f"must be separate, same or fresh, got {self.verifier_isolation!r}"))
         for n in ("agent_network", "verifier_network"):
             if getattr(self, n) not in ("none", "task"):
                 errs.append((n, f"must be none or task, got {getattr(self, n)!r}"))
-        for n in ("memory_mb", "pids", "output_bytes", "drain_bytes"):
+        for n in ("memory_mb", "pids", "output_bytes", "drain_bytes", "copy_bytes"):
             if getattr(self, n) < 1:
                 errs.append((n, f"must be ≥ 1, got {getattr(self, n)}"))
         if self.timeout_s <= 0:
@@ -121,6 +123,8 @@ UNSAFE_ENV = ("PYTHONPATH", "PYTHONSTARTUP", "PYTHONUSERBASE", "PYTHONHOME", "LD
               "GIT_CONFIG_GLOBAL", "PYTEST_ADDOPTS", "PROMPT_COMMAND")  # fmt: skip
 # The verifier's ground: laid anew by the harness right before the verifier runs.
 VERIFIER_DIRS = ("/tests", "/logs/verifier")
+# Where an agent could leave files the verifier reads (swept before the tests run).
+AGENT_ROOTS = ("/app", "/home", "/root", "/logs/agent", "/tmp", "/var/tmp", "/dev/shm", "/opt", "/srv")
 
 
 def phase_networks(cfg: SandboxConfig, task) -> tuple[str, str]:
@@ -150,6 +154,8 @@ class Sandbox(abc.ABC):
     process environment, after ``prepare_verifier`` laid its directories anew)."""
 
     agent_uid: int | None = None  # the agent's uid where it differs from the verifier's, else None
+    check_uid: int | None = None  # the uid a check runs the agent's code as (never root), None: no user boundary
+    sweep_roots: tuple[str, ...] = AGENT_ROOTS  # where the agent could have written, swept before the tests
 
     @abc.abstractmethod
     def exec(self, command: str, *, timeout_s: float | None = None, verifier: bool = False,
@@ -175,6 +181,16 @@ class Sandbox(abc.ABC):
         agent's doing: a fork bomb, a broken shell; in a dead one, the infrastructure's)."""
         return not getattr(self, "closed", False)
 
+    def cleanup_sweep(self) -> str:
+        """Run ``boundary.SWEEP`` over ``sweep_roots`` as the verifier: links into the
+        verifier's ground and special files go. Returns its report."""
+        from pipeline.sandbox.boundary import sweep_command
+
+        result = self.exec(sweep_command(["/" + r.strip("/") for r in self.sweep_roots]), verifier=True, timeout_s=120)
+        if "sweep-removed" not in result.output:
+            raise SandboxError(f"the sweep of the agent's tree failed: {result.output[-300:]}")
+        return result.output
+
     def copy_workdir_to(self, other: "Sandbox") -> None:
         """Copy the agent's work tree into ``other`` (``verifier_isolation: fresh``)."""
         raise SandboxError(f"{type(self).__name__} cannot copy its work tree")
@@ -194,6 +210,14 @@ class SandboxBackend(abc.ABC):
     def start(self, *, task_dir: Path | None = None, episode: str = "", task=None) -> Sandbox:
         """A fresh sandbox for ``task`` (a ``pipeline.tasks.Task``: its image, limits, work
         dir, agent user), or a bare one on the base image."""
+
+    @contextlib.contextmanager
+    def verifier_sandbox(self, box: Sandbox, task=None, *, episode: str = ""):
+        """``verifier_isolation: separate``: the sandbox the verifier runs in, made from the
+        agent's ``box`` by ``pipeline/sandbox/boundary.py``'s rules. This default is the
+        agent's own sandbox, for backends where nothing of the agent outlives its commands
+        and scratch dirs are per command (bwrap)."""
+        yield box
 
     @abc.abstractmethod
     def reap_orphans(self) -> int:

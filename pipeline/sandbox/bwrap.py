@@ -29,10 +29,13 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+from pipeline.sandbox import boundary
+from pipeline.sandbox.boundary import TreeRefused
 from pipeline.sandbox.cgroup import _Cgroup
 from pipeline.sandbox.base import (VERIFIER_PATH, ExecResult, Sandbox, SandboxBackend, SandboxConfig, SandboxError,
                                    phase_networks)  # fmt: skip
@@ -64,7 +67,7 @@ class BwrapSandbox(Sandbox):
                  run_as: int | None = None):  # fmt: skip
         self.cfg, self.rootfs, self.dir, self.cgroup = cfg, rootfs, episode_dir, cgroup
         self.run_as = run_as  # the agent's uid/gid (a root trainer), None = the caller's (no user boundary)
-        self.agent_uid = run_as
+        self.agent_uid = self.check_uid = run_as
         self.closed = False
 
     def _argv(self, command: str | None, verifier: bool = False, env: dict[str, str] | None = None) -> list[str]:
@@ -223,28 +226,30 @@ class BwrapSandbox(Sandbox):
         if logs.is_symlink() or not logs.is_dir():
             _remove(logs)
             logs.mkdir(mode=0o755)
-        for sub in ("tests", "logs/verifier"):
+        for sub, mode in (("tests", boundary.TESTS_MODE), ("logs/verifier", 0o755)):
             p = self.dir / sub
             _remove(p)
-            p.mkdir(mode=0o755)
-            os.chmod(p, 0o755)
+            p.mkdir(mode=mode)
+            os.chmod(p, mode)
 
     def copy_workdir_to(self, other: Sandbox) -> None:
         if not isinstance(other, BwrapSandbox):
             raise SandboxError("copy_workdir_to: both sandboxes must be bwrap ones")
         _remove(other.dir / "app")
-        shutil.copytree(self.dir / "app", other.dir / "app", symlinks=True)  # links copied as links
+        _copy_tree(self.dir / "app", other.dir / "app", self.cfg.copy_bytes)
         if other.run_as is not None:  # still the agent's: checks that run as the agent read it as before
-            for p in [other.dir / "app", *(other.dir / "app").rglob("*")]:
-                os.chown(p, other.run_as, other.run_as, follow_symlinks=False)
+            subprocess.run(["chown", "-R", "-h", f"{other.run_as}:{other.run_as}", "--", str(other.dir / "app")],
+                           capture_output=True, timeout=300)  # fmt: skip
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
-        if self.cgroup:
-            self.cgroup.remove()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        try:
+            if self.cgroup:
+                self.cgroup.remove()
+        finally:
+            _remove(self.dir)
 
 
 class BwrapBackend(SandboxBackend):
@@ -315,22 +320,46 @@ class BwrapBackend(SandboxBackend):
                 continue
             if _alive(owner):
                 continue
-            if self.use_cgroup:
-                _Cgroup(d.name).remove()
-            shutil.rmtree(d, ignore_errors=True)
+            try:
+                if self.use_cgroup:
+                    _Cgroup(d.name).remove()
+            except OSError:
+                pass
+            _remove(d)
             reaped += 1
         return reaped
 
 
 def _remove(p: Path) -> None:
-    """Remove whatever is at ``p`` (file, link, tree) without following links."""
-    if p.is_symlink() or p.is_file() or (p.exists() and not p.is_dir()):
-        p.unlink()
-    elif p.is_dir():
-        for sub in [p, *p.rglob("*")]:  # the agent may have made its tree unreadable: restore modes first
-            if sub.is_dir() and not sub.is_symlink():
-                sub.chmod(0o700)
-        shutil.rmtree(p)
+    """Remove whatever is at ``p`` (file, link, tree) without following links, however deep
+    or unreadable the agent made it (GNU rm/chmod walk with fts: no recursion limit). Never
+    raises: what cannot be removed is reported, and the trainer goes on."""
+    if not os.path.lexists(p):
+        return
+    try:
+        if os.geteuid() != 0:  # the agent may have made its tree unreadable to us: restore modes first
+            subprocess.run(["chmod", "-R", "-f", "u+rwX", "--", str(p)], timeout=300, check=False)
+        r = subprocess.run(["rm", "-rf", "--", str(p)], capture_output=True, timeout=300, check=False)
+        if r.returncode != 0 or os.path.lexists(p):
+            print(f"echo-rl: could not remove {p}: {r.stderr[-300:].decode(errors='replace')}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 (cleanup never ends a run)
+        print(f"echo-rl: could not remove {p}: {e}", file=sys.stderr)
+
+
+def _copy_tree(src: Path, dst: Path, cap: int) -> None:
+    """``verifier_isolation: fresh``: the agent's tree, sparse files kept sparse, links as
+    links, special files left behind (the sweep would remove them), refused over ``cap``
+    apparent bytes (the agent's doing: reward 0 after the blame check)."""
+    du = subprocess.run(["du", "-s", "-B1", "--apparent-size", "--", str(src)], capture_output=True, text=True,
+                        timeout=300)  # fmt: skip
+    size = int(du.stdout.split()[0]) if du.returncode == 0 and du.stdout else cap + 1
+    if size > cap:
+        raise TreeRefused(f"the agent's work tree is {size} bytes apparent, over the copy cap {cap}")
+    r = subprocess.run(["cp", "-a", "--sparse=always", "--", str(src), str(dst)], capture_output=True, timeout=600)
+    if r.returncode != 0 and not dst.is_dir():
+        raise SandboxError(f"copying the work tree failed: {r.stderr[-300:].decode(errors='replace')}")
+    subprocess.run(["find", str(dst), "(", "-type", "p", "-o", "-type", "s", "-o", "-type", "b", "-o", "-type", "c", ")",
+                    "-delete"], capture_output=True, timeout=300)  # fmt: skip
 
 
 def check_task_supported(task, cfg=None) -> None:

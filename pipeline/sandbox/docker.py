@@ -27,6 +27,7 @@ pullable fails with one line naming the image, the task and the key.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -34,9 +35,13 @@ import re
 import shlex
 import socket
 import tarfile
+import tempfile
+import threading
 import time
 from pathlib import Path
 
+from pipeline.sandbox import boundary
+from pipeline.sandbox.boundary import MAX_ENTRIES, NOBODY, OOM_AGENT, crosses, filter_tar, top_paths
 from pipeline.sandbox.base import (UNSAFE_ENV, VERIFIER_PATH, ExecResult, Sandbox, SandboxBackend,
                                    SandboxConfig, SandboxError, phase_networks)  # fmt: skip
 
@@ -53,10 +58,13 @@ KEEPER = (
     "    except ChildProcessError:\n"
     "        signal.pause()\n"
 )
-OUT, OUTV = "/run/echo-rl-out", "/run/echo-rl-vout"  # the agent's / the verifier's output tmpfs
+OUT, OUTV = "/run/echo-rl-out", "/run/echo-rl-vout"  # the agent's / the verifier's output tmpfs (root's, 0700)
+EXEC_GRACE_S = 15.0  # past a command's own timeout, the trainer stops waiting for its exec
+EXEC_READ_BYTES = 64 << 10  # read past output_bytes (the trailer, a little slack) before the rest is dropped
 TRAILER = "ECHO-RL-EXEC-END"
 AGENT_UID, AGENT_NAME, AGENT_HOME = 10001, "echo-agent", "/home/echo-agent"
-PUBLIC_NET = "bridge"  # the engine's default network (Podman's "podman", by its Docker name)
+PUBLIC_NET = "bridge"
+KILL_ALL = "for ((i = 0; i < 10000; i++)); do kill -9 -1 2>/dev/null || break; done; "  # the engine's default network (Podman's "podman", by its Docker name)
 
 
 def _tar(files: dict[str, bytes], mode: int) -> bytes:
@@ -115,15 +123,26 @@ class DockerSandbox(Sandbox):
             raise SandboxError(f"switching the network to {want} failed: {e}") from e
         self.net_now = want
 
-    def _script(self, command: str, timeout: float, out: str, prefix: str = "") -> str:
-        # Output goes to a file on a tmpfs sized cap + drain (a flood hits ENOSPC there, not
-        # the host); then the first output_bytes are printed, followed by a trailer with
-        # exit code and size.
+    def _script(self, command: str, timeout: float, out: str, prefix: str = "", agent: bool = False) -> str:
+        # The script runs as root. Output goes to a file in a root-only tmpfs sized cap +
+        # drain (a flood hits ENOSPC there, not the host; the agent can neither replace the
+        # file, by a FIFO, nor reach the exec's own stream); then the first output_bytes are
+        # printed, followed by a trailer with exit code and size. An agent command alone
+        # drops to the agent's uid, as the OOM killer's first choice (boundary.OOM_AGENT).
+        run = f"bash -c {shlex.quote(command)}"
+        if agent:
+            drop = self.dropper() if self.agent_uid is not None else ""
+            inner = f'echo {OOM_AGENT} > /proc/self/oom_score_adj 2>/dev/null; exec {drop}bash -c "$1"'
+            run = f"bash -c {shlex.quote(inner)} echo-rl {shlex.quote(command)}"
         return (
-            f"{prefix}timeout -k 1 {timeout:g} bash -c {shlex.quote(command)} > {out}/o 2>&1 < /dev/null; rc=$?; "
+            f"{prefix}timeout -k 1 {timeout:g} {run} > {out}/o 2>&1 < /dev/null; rc=$?; "
             f"head -c {self.cfg.output_bytes} {out}/o; size=$(stat -c %s {out}/o); rm -f {out}/o; "
             f'printf "\\n{TRAILER} %s %s" "$rc" "$size"'
         )
+
+    def dropper(self) -> str:
+        """The command prefix that runs what follows as the agent (util-linux setpriv)."""
+        return f"setpriv --reuid={self.agent_uid} --regid={self.agent_gid} --init-groups -- "
 
     def _verifier_env(self, env: dict[str, str] | None) -> str:
         """``env -i ...``: the image's own variables (the task's, not the agent's) minus
@@ -137,14 +156,51 @@ class DockerSandbox(Sandbox):
         items = " ".join(shlex.quote(f"{k}={v}") for k, v in base.items() if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k))
         return f'h=$(mktemp -d /tmp/.echo-rl-verifier.XXXXXX) && env -i HOME="$h" {items} '
 
-    def _run(self, script: str, user: str, environment: dict | None = None, workdir: str | None = None) -> bytes:
+    def _run(self, script: str, user: str, environment: dict | None = None, workdir: str | None = None,
+             deadline_s: float = 600.0) -> bytes:
+        """Run ``script`` and return its output, read on the trainer's side with a bound in
+        bytes (``EXEC_READ_BYTES`` past the cap: a process that writes around the capture
+        cannot flood the trainer) and a deadline (a command that never returns cannot hang
+        it). Past the deadline the stream is cut: the output read so far comes back without
+        a trailer (the caller decides what that means)."""
         api = self.container.client.api
         try:
             exec_id = api.exec_create(self.container.id, ["bash", "-c", script], workdir=workdir or self.workdir, user=user,
                                       environment=environment)["Id"]  # fmt: skip
-            return b"".join(api.exec_start(exec_id, stream=True))
+            stream = api.exec_start(exec_id, stream=True)
+            api._disable_socket_timeout(api._get_raw_response_socket(stream._response))  # the deadline is ours
         except Exception as e:  # the engine or the container died: not the command's fault
             raise SandboxError(f"docker exec failed: {e}") from e
+        limit = self.cfg.output_bytes + EXEC_READ_BYTES
+        state = {"head": bytearray(), "tail": b"", "error": None}
+
+        def read() -> None:
+            total = 0
+            try:
+                for chunk in stream:
+                    total += len(chunk)
+                    if len(state["head"]) < limit:
+                        state["head"] += chunk[: limit - len(state["head"])]
+                    state["tail"] = (state["tail"] + chunk)[-512:]
+                    if total > limit + self.cfg.drain_bytes:
+                        break  # flooded past every bound: stop reading, the rest is dropped
+            except Exception as e:  # noqa: BLE001 (reported to the caller)
+                state["error"] = e
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        reader.join(deadline_s)
+        try:
+            stream.close()  # (also after a flood: the engine stops sending)
+        except Exception:  # noqa: BLE001
+            pass
+        reader.join(5)
+        if state["error"] is not None:
+            raise SandboxError(f"docker exec failed: {state['error']}")
+        head, tail = bytes(state["head"]), state["tail"]
+        if len(head) >= limit and TRAILER.encode() in tail:  # the trailer is the stream's last bytes
+            head = head[: self.cfg.output_bytes] + tail[tail.rindex(b"\n" + TRAILER.encode()):]
+        return head
 
     def exec(self, command: str, *, timeout_s: float | None = None, verifier: bool = False,
              env: dict[str, str] | None = None) -> ExecResult:  # fmt: skip
@@ -153,13 +209,18 @@ class DockerSandbox(Sandbox):
         cfg = self.cfg
         timeout = cfg.timeout_s if timeout_s is None else timeout_s
         start = time.monotonic()
+        deadline = timeout + EXEC_GRACE_S
         if verifier:
-            raw = self._run(self._script(command, timeout, OUTV, self._verifier_env(env)), "0")
+            raw = self._run(self._script(command, timeout, OUTV, self._verifier_env(env)), "0", deadline_s=deadline)
         else:
-            user = "0" if self.agent_uid is None else f"{self.agent_uid}:{self.agent_gid}"
             home = {"HOME": self.agent_home, "USER": self.agent_name} if self.agent_uid is not None else {}
-            raw = self._run(self._script(command, timeout, OUT), user, {**home, **(env or {})})
+            raw = self._run(self._script(command, timeout, OUT, agent=True), "0", {**home, **(env or {})},
+                            deadline_s=deadline)  # fmt: skip
         body, sep, trailer = raw.rpartition(b"\n" + TRAILER.encode() + b" ")
+        if not sep and time.monotonic() - start >= deadline and self.alive():  # it never returned: a timeout
+            return ExecResult(output=raw[: cfg.output_bytes].decode("utf-8", errors="replace"), exit_code=None,
+                              timed_out=True, truncated=len(raw) > cfg.output_bytes, output_total_bytes=len(raw),
+                              duration_s=time.monotonic() - start, timeout_s=timeout)  # fmt: skip
         if not sep and not verifier and self.alive():  # the agent killed its own command's shell
             return ExecResult(output=raw[: cfg.output_bytes].decode("utf-8", errors="replace"), exit_code=None,
                               killed=True, duration_s=time.monotonic() - start, timeout_s=timeout)  # fmt: skip
@@ -184,18 +245,26 @@ class DockerSandbox(Sandbox):
         if not raw.rstrip().endswith(f"{TRAILER} 0".encode()):
             raise SandboxError(f"sandbox setup failed: {raw[-300:]!r}")
 
-    def prepare_verifier(self, *, stop_agent: bool) -> None:
-        kill = "for ((i = 0; i < 10000; i++)); do kill -9 -1 2>/dev/null || break; done; "
-        if self.verifier_net == "public" and self.net_now == "none" and not stop_agent and self.agent_uid is not None:
-            # A process the agent left would get the network the agent was denied: stop
-            # them first (kill -1 as the agent's uid reaches only the agent's processes).
-            raw = self._run(f"{kill}printf '\\n{TRAILER} 0'", f"{self.agent_uid}:{self.agent_gid}", workdir="/")
+    @property
+    def check_uid(self) -> int:
+        return self.agent_uid if self.agent_uid is not None else NOBODY
+
+    def network_for_verifier(self) -> None:
+        """Give the sandbox the verifier phase's network. A process the agent left would get
+        the network the agent was denied: those are stopped first (kill -1 as the agent's
+        uid reaches only the agent's processes; a root agent's all but the keeper)."""
+        if self.verifier_net == "public" and self.net_now == "none":
+            user = "0" if self.agent_uid is None else f"{self.agent_uid}:{self.agent_gid}"
+            raw = self._run(f"{KILL_ALL}printf '\\n{TRAILER} 0'", user, workdir="/", deadline_s=60)
             if TRAILER.encode() not in raw:
                 raise SandboxError(f"stopping the agent's processes failed: {raw[-300:]!r}")
-        self._root((kill if stop_agent else "") + "rm -rf /tests && mkdir -p -m 755 /tests /logs/verifier && "
-                   "find /logs/verifier -mindepth 1 -delete && chown 0:0 /tests /logs/verifier && "
-                   "chmod 755 /tests /logs/verifier")  # fmt: skip
         self._switch_network(self.verifier_net)
+
+    def prepare_verifier(self, *, stop_agent: bool) -> None:
+        self.network_for_verifier()
+        self._root((KILL_ALL if stop_agent else "") + "rm -rf /tests && mkdir -p -m 700 /tests /logs/verifier && "
+                   "find /logs/verifier -mindepth 1 -delete && chown 0:0 /tests /logs/verifier && "
+                   f"chmod {boundary.TESTS_MODE:o} /tests && chmod 755 /logs/verifier")  # fmt: skip
 
     def shell(self) -> int:
         """An interactive shell in the episode's container (through the docker/podman CLI)."""
@@ -242,16 +311,8 @@ class DockerSandbox(Sandbox):
         if not isinstance(other, DockerSandbox):
             raise SandboxError("copy_workdir_to: both sandboxes must be docker ones")
         wd = self.workdir.rstrip("/") or "/"
-        try:
-            stream, _ = self.container.get_archive(wd)
-            data = b"".join(stream)
-        except Exception as e:
-            raise SandboxError(f"reading the work tree {wd} failed: {e}") from e
         other._root(f"find {shlex.quote(wd)} -mindepth 1 -delete")
-        try:
-            other.container.put_archive(str(Path(wd).parent), data)
-        except Exception as e:
-            raise SandboxError(f"copying the work tree failed: {e}") from e
+        copy_paths(self, other, [wd])
         if other.agent_uid is not None:  # the engine extracts as root: give the tree back to the agent
             other._root(f"chown -R -h {other.agent_uid}:{other.agent_gid} {shlex.quote(wd)}")
 
@@ -259,6 +320,79 @@ class DockerSandbox(Sandbox):
         if not self.closed:
             self.closed = True
             _discard([self.container, *self.side], self.network)
+
+
+def copy_paths(src: DockerSandbox, dst: DockerSandbox, paths: list[str]) -> None:
+    """Copy ``paths`` (with their trees) from ``src`` into ``dst``, streamed through
+    ``boundary.filter_tar`` (what may cross, within ``copy_bytes``) and a temporary file:
+    the trainer never holds an archive in memory. Each path is read through its parent's
+    archive: the engine's archive of a path that is a link follows the link (Podman), and
+    a link must cross as a link."""
+    budget = {"bytes": src.cfg.copy_bytes, "entries": MAX_ENTRIES}
+    groups: dict[str, list[str]] = {}
+    for path in paths:
+        parent = str(Path(path).parent)
+        groups.setdefault(path if parent == "/" else parent, []).append(path)  # (never the whole root)
+    for source, only in groups.items():
+        parent = str(Path(source).parent)
+        with tempfile.TemporaryFile() as tmp:
+            try:
+                stream, _ = src.container.get_archive(source)
+            except Exception as e:  # noqa: BLE001 (gone between the diff and now: nothing to carry)
+                if "no such file" in str(e).lower() or "not found" in str(e).lower():
+                    continue
+                raise SandboxError(f"reading {source} from the agent's container failed: {e}") from e
+            try:
+                filter_tar(stream, parent, tmp, budget, tuple(only) if source not in only else ())
+            except tarfile.TarError as e:
+                raise SandboxError(f"the archive of {source} is malformed: {e}") from e
+            finally:
+                stream.close() if hasattr(stream, "close") else None
+            tmp.seek(0)
+            try:
+                dst.container.put_archive(parent, tmp)
+            except Exception as e:
+                raise SandboxError(f"copying {source} into the verifier's container failed: {e}") from e
+
+
+def _copy_owners(src: DockerSandbox, dst: DockerSandbox, paths: list[str]) -> None:
+    """Owners other than root, as they were in the agent's container (the engine's archive
+    drops them: Podman). Listed by root into a root-only tmpfs, applied without following
+    links; a listing a root agent tampered with can change owners only."""
+    if not paths:
+        return
+    listing = f"{OUTV}/owners"
+    src._root(f"find {' '.join(shlex.quote(p) for p in paths)} -xdev \\( -uid +0 -o -gid +0 \\) "
+              f"-printf '%U:%G\\t%p\\0' > {listing} 2>/dev/null; true")  # fmt: skip
+    raw = src.read_file(listing, max_bytes=64 << 20) or b""
+    by_owner: dict[str, list[str]] = {}
+    for entry in raw.split(b"\0"):
+        owner, _, path = entry.decode(errors="surrogateescape").partition("\t")
+        if path and re.fullmatch(r"\d+:\d+", owner) and crosses(path):
+            by_owner.setdefault(owner, []).append(path)
+    for owner, items in by_owner.items():
+        for i in range(0, len(items), 500):
+            dst._root(f"chown -h {owner} -- " + " ".join(shlex.quote(p) for p in items[i: i + 500]) + " 2>/dev/null; true")
+
+
+def carry_changes(src: DockerSandbox, dst: DockerSandbox) -> tuple[str, ...]:
+    """The agent's filesystem changes that cross the boundary, from its container into the
+    verifier's: changed trees copied, deletions repeated. Returns the carried roots."""
+    try:
+        changes = src.container.diff() or []
+    except Exception as e:
+        raise SandboxError(f"listing the agent's changes failed: {e}") from e
+    deleted = [c["Path"] for c in changes if c.get("Kind") == 2 and crosses(c["Path"])]
+    changed = [c for c in changes if c.get("Kind") != 2 and crosses(c["Path"])]
+    # A modified directory (kind 0) with changes below it is carried through those: the
+    # image's unchanged files in it (a task's data set) are the verifier's own already.
+    parents = {str(Path(c["Path"]).parent) for c in changes}
+    carried = top_paths([c["Path"] for c in changed if c.get("Kind") == 1 or c["Path"] not in parents])
+    copy_paths(src, dst, carried)
+    _copy_owners(src, dst, carried)
+    for i in range(0, len(deleted), 500):
+        dst._root("rm -rf -- " + " ".join(shlex.quote(p) for p in deleted[i: i + 500]))
+    return tuple(carried)
 
 
 class DockerBackend(SandboxBackend):
@@ -353,17 +487,13 @@ class DockerBackend(SandboxBackend):
             net_kw = {"network": PUBLIC_NET}
         else:
             net_kw = {"network_mode": "none"}
+        spec = {"image": image, "environment": env, "mem_limit": f"{memory}m", "memswap_limit": f"{memory}m",
+                "labels": labels, **extra}  # (the verifier's container is made to the same spec)
         try:
-            container = self.client.containers.run(
-                image, ["python3", "-c", KEEPER], detach=True, environment=env, **net_kw,
-                mem_limit=f"{memory}m", memswap_limit=f"{memory}m", pids_limit=cfg.pids, user="0", labels=labels,
-                tmpfs={"/tmp": "size=256m,mode=1777", OUT: f"size={cfg.output_bytes + cfg.drain_bytes}",
-                       OUTV: f"size={cfg.output_bytes + cfg.drain_bytes},mode=0700",
-                       "/logs/verifier": "size=64m,mode=0755"}, **extra,
-            )  # fmt: skip
-        except Exception as e:
+            container = self._create(spec, net_kw)
+        except SandboxError:
             _discard(side, network)
-            raise SandboxError(f"container start failed ({image}): {e}") from e
+            raise
         attrs = container.attrs.get("Config") or {}
         image_env = dict(e.split("=", 1) for e in attrs.get("Env") or [] if "=" in e)
         workdir = (task.workdir if task is not None and task.workdir else "") or attrs.get("WorkingDir") or ""
@@ -371,23 +501,16 @@ class DockerBackend(SandboxBackend):
         box = DockerSandbox(cfg, container, workdir=cfg.workdir, agent_uid=None if agent_root else AGENT_UID,
                             env=image_env, networks=nets, side=side, network=network)  # fmt: skip
         box.net_now = "public" if net_kw.get("network") == PUBLIC_NET else "none"
+        box.spec, box.own_user = spec, cfg.agent_user == "task" and task is not None and task.agent_user not in ("", "root", "0")
         try:
             box._switch_network(box.agent_net)  # before any command of the agent's
-            own_user = cfg.agent_user == "task" and task is not None and task.agent_user not in ("", "root", "0")
-            if own_user:  # the task's [agent] user: its image's account, its image's ownership
+            if box.own_user:  # the task's [agent] user: its image's account, its image's ownership
                 self._task_user(box, task)
-                box._root(f"mkdir -p /logs/agent && chown {box.agent_uid}:{box.agent_gid} /logs/agent {OUT} && "
-                          "chown 0:0 /logs /tests /logs/verifier && chmod 755 /logs /tests /logs/verifier")  # fmt: skip
-                box.workdir = workdir
+                box.own_user = box.agent_uid is not None
+            box.workdir = workdir
+            self._lay_users(box)
+            if box.own_user:
                 return box
-            wd = shlex.quote(workdir)
-            own = f"{wd} /app /logs/agent {AGENT_HOME} {OUT}"
-            box._root(
-                f"mkdir -p /app /logs/agent /logs/verifier /tests {wd} {AGENT_HOME} && "
-                f"(grep -q '^{AGENT_NAME}:' /etc/passwd || echo '{AGENT_NAME}:x:{AGENT_UID}:{AGENT_UID}::{AGENT_HOME}:/bin/bash' >> /etc/passwd) && "
-                + (f"chown -R {AGENT_UID}:{AGENT_UID} {own} && " if not agent_root else "")
-                + "chown 0:0 /logs /tests /logs/verifier && chmod 755 /logs /tests /logs/verifier"
-            )  # fmt: skip
         except SandboxError:
             box.close()
             raise
@@ -399,6 +522,56 @@ class DockerBackend(SandboxBackend):
             if not agent_root and files:
                 box._root(f"chown -R {AGENT_UID}:{AGENT_UID} /app")
         return box
+
+    def _create(self, spec: dict, net_kw: dict):
+        cfg = self.cfg
+        try:
+            return self.client.containers.run(
+                spec["image"], ["python3", "-c", KEEPER], detach=True, **net_kw, pids_limit=cfg.pids, user="0",
+                cap_drop=["NET_RAW"], **{k: v for k, v in spec.items() if k != "image"},
+                tmpfs={"/tmp": "size=256m,mode=1777", OUT: f"size={cfg.output_bytes + cfg.drain_bytes},mode=0700",
+                       OUTV: f"size={cfg.output_bytes + cfg.drain_bytes},mode=0700",
+                       "/logs/verifier": "size=64m,mode=0755"},
+            )  # fmt: skip
+        except Exception as e:
+            raise SandboxError(f"container start failed ({spec['image']}): {e}") from e
+
+    @staticmethod
+    def _lay_users(box: DockerSandbox) -> None:
+        """The agent's account, its dirs (owned by it unless it is root or the task's own
+        user), root's /logs and /tests."""
+        wd = shlex.quote(box.workdir)
+        own = f"{wd} /app /logs/agent {AGENT_HOME}"
+        if box.own_user:
+            box._root(f"mkdir -p /logs/agent && chown {box.agent_uid}:{box.agent_gid} /logs/agent && "
+                      "chown 0:0 /logs /tests /logs/verifier && chmod 755 /logs /tests /logs/verifier")  # fmt: skip
+            return
+        box._root(
+            f"mkdir -p /app /logs/agent /logs/verifier /tests {wd} {AGENT_HOME} && "
+            f"(grep -q '^{AGENT_NAME}:' /etc/passwd || echo '{AGENT_NAME}:x:{AGENT_UID}:{AGENT_UID}::{AGENT_HOME}:/bin/bash' >> /etc/passwd) && "
+            + (f"chown -R -h {AGENT_UID}:{AGENT_UID} {own} && " if box.agent_uid is not None else "")
+            + "chown 0:0 /logs /tests /logs/verifier && chmod 755 /logs /tests /logs/verifier"
+        )  # fmt: skip
+
+    @contextlib.contextmanager
+    def verifier_sandbox(self, box: DockerSandbox, task=None, *, episode: str = ""):
+        """``verifier_isolation: separate``: a new container of the task's image in the agent
+        container's network namespace (what the agent left listening stays reachable on
+        loopback), with its own processes, scratch dirs and toolchain, into which the agent's
+        filesystem changes that cross the boundary (``boundary.crosses``) are copied."""
+        box.network_for_verifier()
+        spec = {**box.spec, "labels": {**box.spec["labels"], "echo-rl.episode": f"{episode}-verifier"}}
+        container = self._create(spec, {"network_mode": f"container:{box.container.id}"})
+        vbox = DockerSandbox(self.cfg, container, workdir=box.workdir, agent_uid=box.agent_uid, env=box.env,
+                             networks=(box.verifier_net, box.verifier_net))  # fmt: skip
+        vbox.agent_gid, vbox.agent_name, vbox.agent_home = box.agent_gid, box.agent_name, box.agent_home
+        vbox.spec, vbox.own_user, vbox.sweep_roots = spec, box.own_user, ()
+        try:
+            self._lay_users(vbox)
+            vbox.sweep_roots = carry_changes(box, vbox)
+            yield vbox
+        finally:
+            vbox.close()
 
     @staticmethod
     def _task_user(box: DockerSandbox, task) -> None:
@@ -456,10 +629,16 @@ class DockerBackend(SandboxBackend):
 
         host = {"label": f"{HOST}={socket.gethostname()}"}
         reaped = 0
-        for c in self.client.containers.list(all=True, filters=host):
-            if dead(c.labels):
+        # Verifier containers first (they live in their agent container's network namespace,
+        # which cannot go before them); a container another trainer reaps at the same time
+        # is gone already: never an error.
+        orphans = [c for c in self.client.containers.list(all=True, filters=host) if dead(c.labels)]
+        for c in sorted(orphans, key=lambda c: not c.labels.get("echo-rl.episode", "").endswith("-verifier")):
+            try:
                 c.remove(force=True)
                 reaped += 1
+            except Exception:  # noqa: BLE001
+                pass
         for n in self.client.networks.list(filters=host):
             if dead(n.attrs.get("Labels") or {}):
                 try:

@@ -8,10 +8,11 @@ compares against (``tests/expected/``: copied in with the tests, after the agent
 under /app) and a reference solution. CI checks, in a real sandbox, that each family's
 solution scores 1 and doing nothing scores 0.
 
-The check runs as the agent's user where the sandbox has one (``ECHO_RL_AGENT_UID``,
-``setpriv``): several checks execute what the agent wrote (``sum.py``, ``greet.sh``, git
-in its repository), and code the agent wrote must not run with the rights that can write
-the reward. ``test.sh`` (root) writes the reward from the check's exit status.
+The check runs as root (it reads ``/tests``, root's, mode 0700) and runs what the agent
+wrote (``sum.py``, ``greet.sh``, git in its repository) through ``as_agent``: as
+``ECHO_RL_AGENT_UID`` (``setpriv``), which can neither read the check and its expected
+values nor write the reward. ``test.sh`` (root) writes the reward from the check's exit
+status. Links and special files the agent left are gone before (``boundary.SWEEP``).
 Every family's check reads only files: ``verifier_isolation: fresh`` suits them all.
 """
 
@@ -69,7 +70,7 @@ def python_fix(r: random.Random) -> Generated:
     script = "nums = [int(x) for x in open('/app/data.txt').read().split()]\ntotal = 0\nfor i in range(1, len(nums)):\n    total += nums[i]\nprint(total)\n"
     return Generated("/app/sum.py should print the sum of the numbers in /app/data.txt but prints the wrong number. Fix it.",
                      {"sum.py": script, "data.txt": " ".join(map(str, nums)) + "\n"},
-                     f'[ "$(python3 /app/sum.py)" = "{sum(nums)}" ]',
+                     f'[ "$(as_agent python3 /app/sum.py)" = "{sum(nums)}" ]',
                      "sed -i 's/range(1, len(nums))/range(len(nums))/' sum.py")  # fmt: skip
 
 
@@ -108,7 +109,7 @@ def git_commit(r: random.Random) -> Generated:
     msg, fname = f"add {r.choice(WORDS)} notes", f"{r.choice(WORDS)}.txt"
     return Generated(f"Turn /app/repo into a git repository and commit its file {fname} with the message `{msg}` (any author).",
                      {f"repo/{fname}": "draft\n"},
-                     f'cd /app/repo && [ "$(git log -1 --format=%s 2>/dev/null)" = "{msg}" ] && git ls-files --error-unmatch {fname} >/dev/null 2>&1',
+                     f'cd /app/repo && [ "$(as_agent git log -1 --format=%s 2>/dev/null)" = "{msg}" ] && as_agent git ls-files --error-unmatch {fname} >/dev/null 2>&1',
                      f'cd repo && git init -q . && git add {fname} && git -c user.name=a -c user.email=a@b commit -qm "{msg}"')  # fmt: skip
 
 
@@ -162,7 +163,7 @@ def shell_script(r: random.Random) -> Generated:
     greet = r.choice(["Hello", "Howdy", "Welcome"])
     name = r.choice(WORDS)
     return Generated(f"Write an executable script /app/greet.sh that prints `{greet}, NAME!` where NAME is its first argument.",
-                     {}, f'[ "$(/app/greet.sh {name})" = "{greet}, {name}!" ]',
+                     {}, f'[ "$(as_agent /app/greet.sh {name})" = "{greet}, {name}!" ]',
                      f"printf '#!/bin/sh\\necho \"{greet}, $1!\"\\n' > greet.sh && chmod +x greet.sh")  # fmt: skip
 
 
@@ -172,16 +173,18 @@ FAMILIES = {f.__name__: f for f in (
 )}  # fmt: skip
 
 
-# The verifier of every family: the check runs as the agent (see the module doc); only
-# this script, as root, writes the reward.
+# The verifier of every family: the check runs as root, the agent's code in it as the agent
+# (see the module doc; git's safe.directory: a root agent's repo is run as nobody).
 TEST_SH = """#!/bin/bash
 cd /app
 if [ -n "${ECHO_RL_AGENT_UID:-}" ] && [ "$(id -u)" = 0 ]; then
-    run() { setpriv --reuid="$ECHO_RL_AGENT_UID" --regid="$ECHO_RL_AGENT_UID" --clear-groups -- "$@"; }
+    as_agent() { setpriv --reuid="$ECHO_RL_AGENT_UID" --regid="$ECHO_RL_AGENT_UID" --clear-groups -- "$@"; }
 else
-    run() { "$@"; }
+    as_agent() { "$@"; }
 fi
-if run bash /tests/check.sh > /dev/null 2>&1 < /dev/null; then r=1; else r=0; fi
+export -f as_agent
+export GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=safe.directory GIT_CONFIG_VALUE_0='*'
+if bash /tests/check.sh > /dev/null 2>&1 < /dev/null; then r=1; else r=0; fi
 echo "$r" > /logs/verifier/reward.txt
 """
 

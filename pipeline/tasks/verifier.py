@@ -37,6 +37,7 @@ own harnesses guarantee none of it; their run semantics are kept otherwise):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -129,6 +130,21 @@ def parse_pytest(output: str) -> float:
     return 1.0 if all(s in PYTEST_OK for s in statuses) else 0.0
 
 
+_FINAL = re.compile(r"^=+ .*\b(passed|failed|skipped|errors?|xfailed|xpassed|deselected)\b.* in [\d.]+s.*=+\s*$", re.M)
+
+
+def pytest_reward(output: str, exit_code: int | None) -> float:
+    """``parse_pytest``, and 0 when the run contradicts its summary: the tests ended by a
+    signal or a timeout (exit ≥ 128 or none), exited non-zero under an all-pass summary, or
+    printed no final ``N passed in Xs`` line after it (a summary forged, then pytest killed)."""
+    score = parse_pytest(output)
+    if score > 0:
+        last = list(_SUMMARY.finditer(output))[-1].end()
+        if exit_code is None or exit_code != 0 or not _FINAL.search(output, last):
+            return 0.0
+    return score
+
+
 def run_tests(task: Task, box, *, reward_key: str = "reward", offline: bool = False) -> dict[str, float]:
     """Lay the verifier's ground, copy the tests in, run them as the verifier, read the
     reward. Returns the named rewards (``reward_key`` → the training reward). Raises
@@ -152,10 +168,11 @@ def _stdout(box) -> str:
 
 def _run_tests(task: Task, box, reward_key: str) -> dict[str, float]:
     box.prepare_verifier(stop_agent=box.agent_uid is None)
+    box.cleanup_sweep()  # (boundary.py) before the ground holds anything a link could reach
     box.put_files(task.tests, mode=0o755)
     env = {"TEST_DIR": "/tests", **task.verifier_env}
-    if box.agent_uid is not None:
-        env["ECHO_RL_AGENT_UID"] = str(box.agent_uid)  # checks that run the agent's code run it as the agent
+    if box.check_uid is not None:
+        env["ECHO_RL_AGENT_UID"] = str(box.check_uid)  # checks that run the agent's code run it as this uid
     command = task.test_command.strip()
     if command:  # (the maze's verifier has no command: its reward is the goal)
         command = f"{command} > {TEST_STDOUT} 2>&1"
@@ -168,7 +185,7 @@ def _run_tests(task: Task, box, reward_key: str) -> dict[str, float]:
         out = box.read_file(TEST_STDOUT, max_bytes=MAX_STDOUT_BYTES)
         if out is None:
             raise VerifierError(f"the verifier's output {TEST_STDOUT} is missing, not a file or over 8 MiB")
-        return {reward_key: parse_pytest(out.decode("utf-8", errors="replace"))}
+        return {reward_key: pytest_reward(out.decode("utf-8", errors="replace"), result.exit_code)}
     raw = box.read_file(REWARD_JSON, max_bytes=MAX_REWARD_BYTES)
     if raw is not None:
         rewards = parse_reward_json(raw)
@@ -194,7 +211,9 @@ def verify(task: Task, box, backend: SandboxBackend, cfg: SandboxConfig, *, epis
                 box.copy_workdir_to(clean)
                 rewards = run_tests(task, clean, reward_key=key, offline=offline)
         else:
-            rewards = run_tests(task, box, reward_key=key, offline=offline)
+            with backend.verifier_sandbox(box, task, episode=episode) if cfg.verifier_isolation == "separate" \
+                    else contextlib.nullcontext(box) as vbox:  # fmt: skip
+                rewards = run_tests(task, vbox, reward_key=key, offline=offline)
         return Verdict(rewards[key], rewards, seconds=time.perf_counter() - t0)
     except (VerifierError, SandboxError) as e:  # incl. NetworkNeeded: the task's or the agent's doing?
         first = f"{type(e).__name__}: {e}"

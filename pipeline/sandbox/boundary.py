@@ -1,0 +1,179 @@
+"""The trust boundary between the agent phase and the verifier phase: what of the agent's
+world the verifier sees. One screen, one home: a new attack kind is closed here.
+
+Where it sits: rollout (the agent finished) → verify → **the verifier's sandbox is made
+from the agent's** (this module's lists, applied by each backend) → the tests run.
+
+What crosses (an allow-list):
+- files: regular files, directories and symbolic links of the agent's filesystem
+  changes, with their modes and owners; on docker (``verifier_isolation: separate``) every
+  change outside ``TOOLCHAIN`` and ``SCRATCH``, on bwrap the agent's writable tree.
+  A regular file crosses at its apparent size, and the tree only up to
+  ``SandboxConfig.copy_bytes`` in all (sparse files are not a way round the cap).
+- links: only those that do not resolve into ``GROUND`` (or to one of its ancestors, or
+  through ``/proc``) once the verifier's ground exists; the others are removed before the
+  tests are laid (``SWEEP``), so no check, root or not, follows one.
+- network: the services the agent left listening (docker: the verifier's container joins
+  the agent container's network namespace; loopback ports and abstract unix sockets).
+
+What never crosses:
+- processes: the verifier has its own process table (docker: its own container; bwrap:
+  every command's processes die with it); the agent's processes are first in line for the
+  OOM killer (``OOM_AGENT``), the harness's keeper last.
+- scratch space: ``/tmp``, ``/var/tmp``, ``/dev/shm``, ``/run`` are the verifier's own.
+- special files: FIFOs, sockets and device nodes in the agent's tree are removed (a FIFO
+  answer would hang the check; the agent's failure, reward 0).
+- the toolchain: ``TOOLCHAIN`` comes from the task's image, never from the agent (what
+  a root agent installs or replaces there is not what the verifier runs).
+- the environment: the verifier runs under ``env -i`` with ``VERIFIER_PATH``, a fresh
+  ``HOME`` and none of ``UNSAFE_ENV`` (``pipeline/sandbox/base.py``).
+- the verifier's ground itself: ``/tests`` is root's, mode 0700; code of the agent that a
+  check runs is run as ``ECHO_RL_AGENT_UID`` (never root), which cannot read it.
+"""
+
+from __future__ import annotations
+
+import io
+import shlex
+import tarfile
+from typing import BinaryIO, Iterable
+
+from pipeline.sandbox.base import SandboxError
+
+# The verifier's ground: laid anew by the harness right before the tests run.
+GROUND = ("/tests", "/logs/verifier", "/solution")
+# Scratch dirs: the verifier's are fresh (tmpfs), nothing of the agent's crosses.
+SCRATCH = ("/tmp", "/var/tmp", "/dev/shm", "/run", "/proc", "/sys", "/dev")
+# Where the verifier's programs and their configuration come from: the task's image only.
+TOOLCHAIN = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/usr", "/etc", "/boot", "/var/lib/dpkg",
+             "/var/lib/apt")  # fmt: skip
+# /tests: root's alone while the verifier runs (code of the agent that a check runs cannot read it).
+TESTS_MODE = 0o700
+# The uid a check runs the agent's code as when the agent was root (no agent uid to reuse).
+NOBODY = 65534
+# Written to /proc/self/oom_score_adj by every agent command before it runs: the OOM killer
+# takes the agent's processes before the harness's (raising one's own score needs no rights).
+OOM_AGENT = 1000
+
+
+def crosses(path: str) -> bool:
+    """Whether a changed path of the agent's container is carried into the verifier's."""
+    p = "/" + path.strip("/")
+    return p != "/" and not any(p == r or p.startswith(r + "/") for r in TOOLCHAIN + SCRATCH + GROUND)
+
+
+class TreeRefused(SandboxError):
+    """The agent's tree cannot cross (over ``copy_bytes``, too many entries): the agent's
+    doing. The verifier's blame check then runs where no agent acted, and the episode
+    scores 0 with ``failure="agent"``."""
+
+
+MAX_ENTRIES = 200_000  # entries of the agent's tree that may cross
+
+
+class _Chunks(io.RawIOBase):
+    """A read-only file over an iterator of byte chunks (an engine's archive stream)."""
+
+    def __init__(self, chunks: Iterable[bytes]):
+        self.it, self.rest = iter(chunks), b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while not self.rest:
+            try:
+                self.rest = next(self.it)
+            except StopIteration:
+                return 0
+        n = min(len(b), len(self.rest))
+        b[:n], self.rest = self.rest[:n], self.rest[n:]
+        return n
+
+
+def filter_tar(chunks: Iterable[bytes], parent: str, out: BinaryIO, budget: dict, only: tuple[str, ...] = ()) -> None:
+    """Stream the tar archive ``chunks`` (members named relative to ``parent``) into the tar
+    ``out``, keeping only what crosses: directories, regular files, symbolic links (their
+    targets are the sweep's business) and hard links to members already kept, at paths
+    that ``crosses`` (and are, or are under, one of ``only`` when given). FIFOs, sockets and devices stay behind. A member's header is read
+    before its data, so a sparse file of any apparent size costs nothing before it is
+    refused: ``budget`` holds the bytes and entries left; past either, ``TreeRefused``."""
+    kept: set[str] = set()
+    with tarfile.open(fileobj=io.BufferedReader(_Chunks(chunks), 1 << 16), mode="r|") as src, \
+            tarfile.open(fileobj=out, mode="w|") as dst:  # fmt: skip
+        for m in src:
+            path = parent.rstrip("/") + "/" + m.name.lstrip("./")
+            if not crosses(path) or not (m.isdir() or m.isfile() or m.issym() or m.islnk()):
+                continue
+            if only and not any(path == o or path.startswith(o + "/") for o in only):
+                continue
+            if m.islnk() and m.linkname not in kept:
+                continue
+            budget["entries"] -= 1
+            if m.isfile():
+                budget["bytes"] -= m.size
+            if budget["bytes"] < 0 or budget["entries"] < 0:
+                raise TreeRefused(f"the agent's tree is over the copy cap ({path}: {m.size} bytes apparent)")
+            dst.addfile(m, src.extractfile(m) if m.isfile() else None)
+            kept.add(m.name)
+
+
+def top_paths(paths: list[str]) -> list[str]:
+    """The changed paths with no changed ancestor among them (a directory carries its tree)."""
+    out: list[str] = []
+    for p in sorted({"/" + q.strip("/") for q in paths}):
+        if not out or not (p == out[-1] or p.startswith(out[-1].rstrip("/") + "/")):
+            out.append(p)
+    return out
+
+
+# The sweep: run as root in the verifier's sandbox (its own, clean toolchain) over the
+# roots the agent could write, after the agent's tree arrived and before the tests are
+# laid. Iterative (no recursion limit on a deep tree), never follows a link, never raises.
+# Removes special files and links that resolve into the verifier's ground; prints one
+# line per removal and a final count line.
+SWEEP = r'''
+import os, stat, sys
+ground = {GROUND!r}
+danger = set(ground) | {{"/", "/logs", "/proc"}}
+def bad(path):
+    try:
+        raw = os.readlink(path)
+    except OSError:
+        return False
+    if raw.startswith("/proc") or "/proc/" in raw:
+        return True
+    t = os.path.realpath(path)
+    return t in danger or any(t.startswith(g + "/") for g in ground) or t.startswith("/proc/")
+removed, stack = 0, [r for r in sys.argv[1:] if os.path.lexists(r)]
+while stack:
+    top = stack.pop()
+    try:
+        st = os.lstat(top)
+    except OSError:
+        continue
+    kill = stat.S_ISLNK(st.st_mode) and bad(top) or not (stat.S_ISLNK(st.st_mode) or stat.S_ISREG(st.st_mode)
+                                                         or stat.S_ISDIR(st.st_mode))
+    if kill:
+        try:
+            os.unlink(top)
+            removed += 1
+            print("removed", repr(top))
+        except OSError as e:
+            print("cannot remove", repr(top), e)
+        continue
+    if stat.S_ISDIR(st.st_mode):
+        try:
+            if os.getuid() != 0 and stat.S_IMODE(st.st_mode) & 0o500 != 0o500:  # no root: the agent's own dirs
+                os.chmod(top, stat.S_IMODE(st.st_mode) | 0o500)
+            with os.scandir(top) as it:
+                stack.extend(e.path for e in it)
+        except OSError:
+            pass
+print("sweep-removed", removed)
+'''.format(GROUND=GROUND)
+
+
+def sweep_command(roots: list[str]) -> str:
+    """The shell command that runs ``SWEEP`` over ``roots`` with an isolated Python."""
+    return "python3 -I -c " + shlex.quote(SWEEP) + " " + " ".join(shlex.quote(r) for r in roots)
