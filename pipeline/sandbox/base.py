@@ -28,6 +28,7 @@ class SandboxConfig:
     drain_bytes: int = 8 << 20  # output read past the cap before the command is stopped
     workdir: str = "/app"  # the task's writable directory inside the sandbox (docker: the image's WORKDIR wins)
     agent_user: str = "unprivileged"  # who runs the agent's commands: unprivileged | root | task ([agent] user)
+    profile: str = "training"  # training: the hardened verifier phase (boundary.py) | harbor: Harbor's own semantics, for comparable evaluation (see the README)
     verifier_isolation: str = "separate"  # separate: a new sandbox with the agent's files and services (boundary.py) | same: the agent's (Harbor) | fresh: a new one with only the work tree
     copy_bytes: int = 256 << 20  # apparent bytes of the agent's files that may cross into the verifier's sandbox
     reward_key: str = "reward"  # reward.json: the key trained on (no such key: the mean of its values)
@@ -35,12 +36,18 @@ class SandboxConfig:
     agent_network: str = "none"  # the agent phase's network: none | task (what the task declares: allow_internet / network_mode)
     verifier_network: str = "task"  # the verifier phase's: none | task (TB2's test.sh installs its tools from the internet)
 
+    def __post_init__(self):
+        if self.profile == "harbor":  # Harbor's semantics: a root agent, verified in its own container, its
+            self.agent_user, self.verifier_isolation = "root", "same"  # processes left running
+
     def check(self) -> list[tuple[str, str]]:
         errs = []
         if self.backend not in ("bwrap", "docker", "maze"):
             errs.append(("backend", f"must be bwrap, docker or maze, got {self.backend!r}"))
         if self.agent_user not in ("unprivileged", "root", "task"):
             errs.append(("agent_user", f"must be unprivileged, root or task, got {self.agent_user!r}"))
+        if self.profile not in ("training", "harbor"):
+            errs.append(("profile", f"must be training or harbor, got {self.profile!r}"))
         if self.verifier_isolation not in ("separate", "same", "fresh"):
             errs.append(("verifier_isolation", f"must be separate, same or fresh, got {self.verifier_isolation!r}"))
         for n in ("agent_network", "verifier_network"):

@@ -45,10 +45,15 @@ GROUND = ("/tests", "/logs/verifier", "/solution")
 # Scratch dirs: the verifier's are fresh (tmpfs), nothing of the agent's crosses.
 SCRATCH = ("/tmp", "/var/tmp", "/dev/shm", "/run", "/proc", "/sys", "/dev")
 # Where the verifier's programs and their configuration come from: the task's image only.
-TOOLCHAIN = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/usr", "/etc", "/boot", "/var/lib/dpkg",
-             "/var/lib/apt")  # fmt: skip
+TOOLCHAIN = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/usr", "/etc", "/boot", "/opt", "/var/lib",
+             "/var/cache")  # fmt: skip
 # /tests: root's alone while the verifier runs (code of the agent that a check runs cannot read it).
 TESTS_MODE = 0o700
+# What of TOOLCHAIN crosses all the same: accounts and the configuration of services a task
+# may ask a root agent to set up; none of it changes what the verifier's programs load.
+TOOLCHAIN_CROSSES = ("/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow", "/etc/subuid", "/etc/subgid",
+                     "/etc/hosts", "/etc/hostname", "/etc/crontab", "/etc/cron.d", "/etc/nginx", "/etc/apache2",
+                     "/etc/redis", "/etc/postgresql", "/etc/mysql", "/etc/ssh")  # fmt: skip
 # The uid a check runs the agent's code as when the agent was root (no agent uid to reuse).
 NOBODY = 65534
 # Written to /proc/self/oom_score_adj by every agent command before it runs: the OOM killer
@@ -56,10 +61,13 @@ NOBODY = 65534
 OOM_AGENT = 1000
 
 
-def crosses(path: str) -> bool:
-    """Whether a changed path of the agent's container is carried into the verifier's."""
+def crosses(path: str, workdir: str = "") -> bool:
+    """Whether a changed path of the agent's container is carried into the verifier's (the
+    task's work dir always is, wherever the task put it)."""
     p = "/" + path.strip("/")
-    return p != "/" and not any(p == r or p.startswith(r + "/") for r in TOOLCHAIN + SCRATCH + GROUND)
+    under = lambda roots: any(p == r or p.startswith(r + "/") for r in roots)  # noqa: E731
+    allowed = TOOLCHAIN_CROSSES + ((workdir.rstrip("/"),) if workdir.strip("/") else ())
+    return p != "/" and not under(SCRATCH + GROUND) and (not under(TOOLCHAIN) or under(allowed))
 
 
 class TreeRefused(SandboxError):
@@ -91,7 +99,8 @@ class _Chunks(io.RawIOBase):
         return n
 
 
-def filter_tar(chunks: Iterable[bytes], parent: str, out: BinaryIO, budget: dict, only: tuple[str, ...] = ()) -> None:
+def filter_tar(chunks: Iterable[bytes], parent: str, out: BinaryIO, budget: dict, only: tuple[str, ...] = (),
+               workdir: str = "") -> None:
     """Stream the tar archive ``chunks`` (members named relative to ``parent``) into the tar
     ``out``, keeping only what crosses: directories, regular files, symbolic links (their
     targets are the sweep's business) and hard links to members already kept, at paths
@@ -103,7 +112,7 @@ def filter_tar(chunks: Iterable[bytes], parent: str, out: BinaryIO, budget: dict
             tarfile.open(fileobj=out, mode="w|") as dst:  # fmt: skip
         for m in src:
             path = parent.rstrip("/") + "/" + m.name.lstrip("./")
-            if not crosses(path) or not (m.isdir() or m.isfile() or m.issym() or m.islnk()):
+            if not crosses(path, workdir) or not (m.isdir() or m.isfile() or m.issym() or m.islnk()):
                 continue
             if only and not any(path == o or path.startswith(o + "/") for o in only):
                 continue

@@ -343,7 +343,7 @@ def copy_paths(src: DockerSandbox, dst: DockerSandbox, paths: list[str]) -> None
                     continue
                 raise SandboxError(f"reading {source} from the agent's container failed: {e}") from e
             try:
-                filter_tar(stream, parent, tmp, budget, tuple(only) if source not in only else ())
+                filter_tar(stream, parent, tmp, budget, tuple(only) if source not in only else (), src.workdir)
             except tarfile.TarError as e:
                 raise SandboxError(f"the archive of {source} is malformed: {e}") from e
             finally:
@@ -368,7 +368,7 @@ def _copy_owners(src: DockerSandbox, dst: DockerSandbox, paths: list[str]) -> No
     by_owner: dict[str, list[str]] = {}
     for entry in raw.split(b"\0"):
         owner, _, path = entry.decode(errors="surrogateescape").partition("\t")
-        if path and re.fullmatch(r"\d+:\d+", owner) and crosses(path):
+        if path and re.fullmatch(r"\d+:\d+", owner) and crosses(path, src.workdir):
             by_owner.setdefault(owner, []).append(path)
     for owner, items in by_owner.items():
         for i in range(0, len(items), 500):
@@ -382,8 +382,8 @@ def carry_changes(src: DockerSandbox, dst: DockerSandbox) -> tuple[str, ...]:
         changes = src.container.diff() or []
     except Exception as e:
         raise SandboxError(f"listing the agent's changes failed: {e}") from e
-    deleted = [c["Path"] for c in changes if c.get("Kind") == 2 and crosses(c["Path"])]
-    changed = [c for c in changes if c.get("Kind") != 2 and crosses(c["Path"])]
+    deleted = [c["Path"] for c in changes if c.get("Kind") == 2 and crosses(c["Path"], src.workdir)]
+    changed = [c for c in changes if c.get("Kind") != 2 and crosses(c["Path"], src.workdir)]
     # A modified directory (kind 0) with changes below it is carried through those: the
     # image's unchanged files in it (a task's data set) are the verifier's own already.
     parents = {str(Path(c["Path"]).parent) for c in changes}

@@ -29,8 +29,10 @@ from pipeline.tasks.base import Task, TaskFormatError, VerifierError
 from pipeline.tasks.verifier import verify
 
 
-def _episode(task: Task, backend: SandboxBackend, cfg: SandboxConfig, command: str, *, oracle: bool = False):
-    """One agent phase (``command`` as the agent, "" = nothing) and the verdict."""
+def _episode(task: Task, backend: SandboxBackend, cfg: SandboxConfig, command: str, *, oracle: bool = False,
+             why: dict | None = None):
+    """One agent phase (``command`` as the agent, "" = nothing) and the verdict; ``why``
+    gets the oracle's last output lines (``oracle_tail``)."""
     with backend.start(task=task, episode="check") as box:
         if command:
             env = {"DEBIAN_FRONTEND": "noninteractive", **task.solution_env} if oracle else None
@@ -42,8 +44,36 @@ def _episode(task: Task, backend: SandboxBackend, cfg: SandboxConfig, command: s
             except SandboxError:
                 if not box.alive():  # as in the agent loop: a live sandbox that cannot run commands
                     raise  # is the agent's doing, and goes to the verifier
+            if oracle and why is not None:
+                tail = box.read_file("/logs/agent/oracle.txt", max_bytes=8 << 20) or b""
+                why["oracle_tail"] = "\n".join(tail.decode(errors="replace").splitlines()[-TAIL_LINES:])
 
         return verify(task, box, backend, cfg, episode="check")
+
+
+TAIL_LINES = 20
+# Settings a failing task is tried under again, in order, for the hint (docker only).
+ALTERNATIVES = ({"agent_user": "root"}, {"profile": "harbor"})
+
+
+def _hint(task: Task, cfg: SandboxConfig) -> str:
+    """The first other setting under which the reference solution passes, as a hint."""
+    import dataclasses
+
+    from pipeline.sandbox import make_backend
+
+    for change in ALTERNATIVES:
+        if all(getattr(cfg, k) == v for k, v in change.items()) or cfg.backend != "docker":
+            continue
+        other = dataclasses.replace(cfg, **change)
+        try:
+            if _episode(task, make_backend(other), other, task.solution_command, oracle=True).reward == 1:
+                keys = " ".join(f"sandbox.{k}={v}" for k, v in change.items())
+                return f"it passes with {keys}" + (" (Harbor's semantics: see the README for what that profile "
+                                                   "lets through)" if "profile" in change else "")  # fmt: skip
+        except (SandboxError, VerifierError):
+            continue
+    return ""
 
 
 def check_task(path: Path, backend: SandboxBackend, cfg: SandboxConfig) -> dict:
@@ -60,9 +90,11 @@ def check_task(path: Path, backend: SandboxBackend, cfg: SandboxConfig) -> dict:
         noop = _episode(task, backend, cfg, "")
         row["build_and_noop_s"] = round(time.perf_counter() - t0, 2)
         t1 = time.perf_counter()
-        oracle = _episode(task, backend, cfg, task.solution_command, oracle=True)
+        why: dict = {}
+        oracle = _episode(task, backend, cfg, task.solution_command, oracle=True, why=why)
         row["oracle_s"] = round(time.perf_counter() - t1, 2)
         row.update(noop=noop.reward, oracle=oracle.reward, rewards=oracle.rewards)
+        row.update(verifier_tail=oracle.verifier_tail, reward_file=oracle.reward_file, **why)
         if oracle.failure:
             row["cause"] = f"the reference solution broke the verifier: {oracle.detail[:200]}"
         elif noop.reward != 0:
@@ -74,10 +106,23 @@ def check_task(path: Path, backend: SandboxBackend, cfg: SandboxConfig) -> dict:
                                  "tasks that check a service the agent started need sandbox.backend=docker)")
         else:
             row["status"] = "pass"
+        if row["status"] != "pass" and oracle.reward != 1 and (hint := _hint(task, cfg)):
+            row["hint"] = hint
     except (TaskFormatError, SandboxError, VerifierError, OSError) as e:
         row["cause"] = f"{type(e).__name__}: {e}"[:400]
     row["seconds"] = round(time.perf_counter() - t0, 2)
     return row
+
+
+def why_line(row: dict) -> str:
+    """One console line saying why a task failed: the hint, the verifier's last line, the
+    reward file, the oracle's last line."""
+    last = lambda text: (text or "").strip().splitlines()[-1][:160] if (text or "").strip() else ""  # noqa: E731
+    parts = [f"hint: {row['hint']}"] if row.get("hint") else []
+    parts += [f"{name}: {v!r}" for name, v in (("verifier said", last(row.get("verifier_tail"))),
+                                                ("reward file", (row.get("reward_file") or "").strip()[:60]),
+                                                ("oracle said", last(row.get("oracle_tail")))) if v]  # fmt: skip
+    return "    why: " + "; ".join(parts) if parts else ""
 
 
 def audit_task(path: Path, backend: SandboxBackend, cfg: SandboxConfig, attacks) -> dict:
@@ -160,6 +205,8 @@ def main(argv: list[str]) -> int:
     for r in rows:
         extra = f"noop {r.get('noop')}  oracle {r.get('oracle')}" if command == "check" else f"noop {r.get('noop')}"
         print(f"{r['task']:<{width}}  {r['status'].upper():<4}  {r['seconds']:6.1f}s  {extra}  {r['cause']}")
+        if r["status"] != "pass" and command == "check" and (line := why_line(r)):
+            print(line)
     failed = sum(r["status"] != "pass" for r in rows)
     print(f"{len(rows) - failed}/{len(rows)} passed in {wall:.1f} s ({len(rows) / wall * 60:.1f} tasks/min, "
           f"--jobs {a.jobs}, {cfg.backend})")  # fmt: skip

@@ -81,6 +81,8 @@ class Verdict:
     failure: str = ""  # "agent": the agent's changes made the verifier fail (reward 0)
     detail: str = ""  # why it failed
     seconds: float = 0.0
+    verifier_tail: str = ""  # the last lines the tests printed (why a task fails: `tasks check`)
+    reward_file: str = ""  # what the reward file held, as read
 
 
 def parse_reward_txt(raw: bytes) -> float:
@@ -145,29 +147,44 @@ def pytest_reward(output: str, exit_code: int | None) -> float:
     return score
 
 
-def run_tests(task: Task, box, *, reward_key: str = "reward", offline: bool = False) -> dict[str, float]:
+def run_tests(task: Task, box, *, reward_key: str = "reward", offline: bool = False, stop_root_agent: bool = True,
+              report: dict | None = None) -> dict[str, float]:
     """Lay the verifier's ground, copy the tests in, run them as the verifier, read the
     reward. Returns the named rewards (``reward_key`` → the training reward). Raises
     ``VerifierError`` (or ``SandboxError``) when no valid reward comes out; with
     ``offline`` (the verifier phase had no network), ``NetworkNeeded`` when it failed or
     scored 0 and its output reads as a network error (``verify`` decides whose)."""
     try:
-        rewards = _run_tests(task, box, reward_key)
+        rewards = _run_tests(task, box, reward_key, stop_root_agent)
     except VerifierError as e:
+        _report(box, report)
         if offline and (sign := offline_sign(str(e)) or offline_sign(_stdout(box))):
             raise NetworkNeeded(f"verifier needs the network: {sign}") from e
         raise
+    _report(box, report)
     if offline and rewards[reward_key] <= 0 and (sign := offline_sign(_stdout(box))):
         raise NetworkNeeded(f"verifier needs the network: {sign} (it scored {rewards[reward_key]:g} offline)")
     return rewards
+
+
+def _report(box, report: dict | None, lines: int = 20) -> None:
+    """The tests' last output lines and the reward file's content, for ``Verdict``."""
+    if report is None:
+        return
+    try:
+        report["verifier_tail"] = "\n".join(_stdout(box).splitlines()[-lines:])
+        raw = box.read_file(REWARD_JSON, max_bytes=MAX_REWARD_BYTES) or box.read_file(REWARD_TXT, max_bytes=MAX_REWARD_BYTES)
+        report["reward_file"] = (raw or b"").decode(errors="replace")[:500]
+    except Exception as e:  # noqa: BLE001 (a report never fails the verdict)
+        report["verifier_tail"] = f"(could not read the verifier's output: {e})"
 
 
 def _stdout(box) -> str:
     return (box.read_file(TEST_STDOUT, max_bytes=MAX_STDOUT_BYTES) or b"")[-(1 << 16):].decode(errors="replace")
 
 
-def _run_tests(task: Task, box, reward_key: str) -> dict[str, float]:
-    box.prepare_verifier(stop_agent=box.agent_uid is None)
+def _run_tests(task: Task, box, reward_key: str, stop_root_agent: bool = True) -> dict[str, float]:
+    box.prepare_verifier(stop_agent=box.agent_uid is None and stop_root_agent)
     box.cleanup_sweep()  # (boundary.py) before the ground holds anything a link could reach
     box.put_files(task.tests, mode=0o755)
     env = {"TEST_DIR": "/tests", **task.verifier_env}
@@ -205,16 +222,18 @@ def verify(task: Task, box, backend: SandboxBackend, cfg: SandboxConfig, *, epis
     t0 = time.perf_counter()
     key = cfg.reward_key
     offline = phase_networks(cfg, task)[1] == "none"
+    report: dict = {}
+    kw = {"reward_key": key, "offline": offline, "stop_root_agent": cfg.profile != "harbor", "report": report}
     try:
         if cfg.verifier_isolation == "fresh":
             with backend.start(task_dir=task.task_dir, task=task, episode=f"{episode}-verify") as clean:
                 box.copy_workdir_to(clean)
-                rewards = run_tests(task, clean, reward_key=key, offline=offline)
+                rewards = run_tests(task, clean, **kw)
         else:
             with backend.verifier_sandbox(box, task, episode=episode) if cfg.verifier_isolation == "separate" \
                     else contextlib.nullcontext(box) as vbox:  # fmt: skip
-                rewards = run_tests(task, vbox, reward_key=key, offline=offline)
-        return Verdict(rewards[key], rewards, seconds=time.perf_counter() - t0)
+                rewards = run_tests(task, vbox, **kw)
+        return Verdict(rewards[key], rewards, seconds=time.perf_counter() - t0, **report)
     except (VerifierError, SandboxError) as e:  # incl. NetworkNeeded: the task's or the agent's doing?
         first = f"{type(e).__name__}: {e}"
     try:  # is it the agent's doing? The same verifier where no agent acted.
@@ -226,7 +245,7 @@ def verify(task: Task, box, backend: SandboxBackend, cfg: SandboxConfig, *, epis
     except (VerifierError, SandboxError) as e:
         raise VerifierError(f"{task.task_id}: {first}; on a fresh sandbox too: {type(e).__name__}: {e}") from e
     # Where no agent acted the verifier works (or prints no network error): what failed was the agent's doing.
-    return Verdict(0.0, {}, failure="agent", detail=first[:2000], seconds=time.perf_counter() - t0)
+    return Verdict(0.0, {}, failure="agent", detail=first[:2000], seconds=time.perf_counter() - t0, **report)
 
 
 def run_verifier(task: Task, box, *, reward_key: str = "reward") -> float:
