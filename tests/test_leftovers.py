@@ -109,8 +109,9 @@ def test_stream_flood_is_bounded_on_the_trainers_side(backend):
 
 
 def test_an_exec_that_never_returns_is_a_timeout_not_a_hang(task_rootfs, tmp_path, monkeypatch):
-    """A root agent can replace the capture file by a FIFO: the exec's own shell then blocks
-    reading it, forever. The trainer's deadline turns that into a timeout observation."""
+    """A root agent can reach the exec's own machinery. Its capture replaced by a FIFO: the
+    read of it has its own timeout. The exec's shell stopped (SIGSTOP): it never returns,
+    and the trainer's deadline turns that into a timeout observation."""
     from pipeline.sandbox import docker as docker_mod
 
     monkeypatch.setattr(docker_mod, "EXEC_GRACE_S", 2.0)
@@ -118,11 +119,15 @@ def test_an_exec_that_never_returns_is_a_timeout_not_a_hang(task_rootfs, tmp_pat
     with backend.start() as box:
         assert box.exec("echo ok", timeout_s=2).output == "ok\n"  # the control
         t0 = time.monotonic()
-        r = box.exec("f=/run/echo-rl-out/o; rm -f $f; mkfifo $f", timeout_s=2)
-        assert time.monotonic() - t0 < 10 and r.timed_out and r.exit_code is None
-        assert box.alive()
-        raw = box._run("sleep 30", "0", deadline_s=1.5)  # the bare primitive, with no trailer to wait for
-        assert raw == b""
+        box.exec(BY_NAME["capture_fifo"].command, timeout_s=2)
+        assert time.monotonic() - t0 < 10 and box.alive()
+        t0 = time.monotonic()
+        r = box.exec("for p in $(pgrep -f 'o.XXXXXXXX'); do kill -STOP $p; done; sleep 1", timeout_s=2)
+        assert time.monotonic() - t0 < 10 and r.timed_out and r.exit_code is None, r
+        assert box.alive() and box.exec("echo ok", timeout_s=2).output == "ok\n"
+        t0 = time.monotonic()
+        assert box._run("sleep 30", "0", deadline_s=1.5) == b""  # the bare primitive
+        assert time.monotonic() - t0 < 5
 
 
 def test_memory_filled_through_a_memfd_kills_the_agent_not_the_sandbox(backend, family_tasks, chat):
@@ -200,3 +205,60 @@ def test_sweep_keeps_honest_links(backend):
         report = box.cleanup_sweep()
         left = box.exec("ls -A /app", verifier=True).output.split()
     assert sorted(left) == ["current", "file", "h", "releases"], (left, report)
+
+
+def _weak_tasks(out: Path) -> dict[str, Path]:
+    """Task-level weaknesses (the task's own verifier design, Harbor's harness has them too):
+    pytest run on a test copied into the agent's work dir (reads its conftest.py), and a
+    verifier that runs the agent's program as root (it can read /tests, write the reward)."""
+    (pytest_dir,) = generate(["csv_sum"], 1, out, seed=1)
+    (pytest_dir / "tests" / "test_outputs.py").write_text(
+        "def test_answer():\n    assert open('/app/answer.txt').read().strip() == 'never written by the agent'\n")
+    (pytest_dir / "tests" / "test.sh").write_text(
+        "#!/bin/bash\ncp /tests/test_outputs.py /app/ && cd /app && python3 -m pytest -q -rA test_outputs.py\n"
+        "if [ $? -eq 0 ]; then echo 1 > /logs/verifier/reward.txt; else echo 0 > /logs/verifier/reward.txt; fi\n")
+    (root_dir,) = generate(["python_fix"], 1, out, seed=1)
+    check = (root_dir / "tests" / "check.sh").read_text().replace("as_agent ", "")
+    (root_dir / "tests" / "test.sh").write_text(f"#!/bin/bash\ncd /app\n{check.splitlines()[1]} && r=1 || r=0\n"
+                                               "echo $r > /logs/verifier/reward.txt\n")  # fmt: skip
+    return {"pytest_conftest_pass": pytest_dir, "code_reads_the_check": root_dir}
+
+
+def test_tasks_audit_flags_task_level_kinds_and_training_refuses_them(tmp_path):
+    weak = _weak_tasks(tmp_path / "weak")
+    sound = generate(["python_fix", "text_replace"], 1, tmp_path / "sound", seed=2)
+    report = tmp_path / "audit.json"
+    attacks = "pytest_conftest_pass,code_reads_the_check,answer_links_to_ground,answer_fifos"
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "tasks", "audit", str(tmp_path / "weak"), str(tmp_path / "sound"),
+                        "--attacks", attacks, "--jobs", "2", "--json", str(report), "sandbox.backend=bwrap"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)  # fmt: skip
+    rows = {row["task"]: row for row in __import__("json").loads(report.read_text())["tasks"]}
+    for attack, d in weak.items():
+        assert attack in rows[d.name]["got_through"], (attack, rows[d.name], r.stdout[-2000:])
+    for d in sound:  # the same kinds against the built-in families: nothing gets through
+        assert rows[d.name]["got_through"] == [], rows[d.name]
+    assert r.returncode == 1
+
+    from pipeline.tasks.base import TaskFormatError
+    from pipeline.tasks.sets import TaskSampler, TaskSetConfig
+
+    cfg = TaskSetConfig(train_dirs=[str(tmp_path / "weak"), str(tmp_path / "sound")], audit=str(report))
+    with pytest.raises(TaskFormatError, match=rf"task {weak['pytest_conftest_pass'].name}: the audit .*pytest_conftest_pass"):
+        TaskSampler(cfg, tmp_path / "run", seed=0)
+    cfg.audit_failures = "skip"
+    kept = {t.task_id for t in TaskSampler(cfg, tmp_path / "run", seed=0)._pool}
+    assert kept == {d.name for d in sound}
+
+
+def test_tasks_audit_passes_every_built_in_family_against_the_leftover_kinds(tmp_path):
+    from pipeline.tasks.attacks import LEFTOVER_ATTACKS
+    from pipeline.tasks.generator import FAMILIES
+
+    generate(sorted(FAMILIES), 1, tmp_path / "families", seed=9)
+    report = tmp_path / "audit.json"
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "tasks", "audit", str(tmp_path / "families"), "--attacks",
+                        ",".join(a.name for a in LEFTOVER_ATTACKS), "--jobs", "2", "--json", str(report),
+                        "sandbox.backend=bwrap"], capture_output=True, text=True, cwd=ROOT, timeout=1200)  # fmt: skip
+    rows = __import__("json").loads(report.read_text())["tasks"]
+    assert len(rows) == len(FAMILIES) and r.returncode == 0, r.stdout[-3000:]
+    assert all(row["got_through"] == [] for row in rows)

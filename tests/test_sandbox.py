@@ -25,7 +25,8 @@ def rootfs(task_rootfs):  # tests/conftest.py builds or finds it (skips without 
 
 
 def _cfg(rootfs):
-    return SandboxConfig(rootfs=rootfs, timeout_s=5, output_bytes=1000, pids=64, memory_mb=256)
+    # the unprivileged agent: these tests check that boundary (root agents: test_reward_integrity.py)
+    return SandboxConfig(rootfs=rootfs, timeout_s=5, output_bytes=1000, pids=64, memory_mb=256, agent_user="unprivileged")
 
 
 @pytest.fixture(params=["bwrap", "docker"])

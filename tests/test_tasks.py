@@ -285,7 +285,7 @@ def test_the_tasks_own_agent_user_runs_the_agent_with_agent_user_task(tmp_path):
         assert box.exec("id -un; echo $HOME").output == "app\n/home/app\n"
         box.exec("echo ok > /app/out.txt")
         assert verify(task, box, own, own.cfg).reward == 1.0
-    default = DockerBackend(SandboxConfig(backend="docker"))  # control: the sandbox's own user otherwise
+    default = DockerBackend(SandboxConfig(backend="docker", agent_user="unprivileged"))  # control: the sandbox's own user
     with default.start(task=task) as box:
         assert box.exec("id -un").output == "echo-agent\n"
     (d / "task.toml").write_text('[agent]\nuser = "nobody-here"\n')

@@ -27,7 +27,7 @@ class SandboxConfig:
     output_bytes: int = 16384  # output returned to the agent; the rest is cut with a notice
     drain_bytes: int = 8 << 20  # output read past the cap before the command is stopped
     workdir: str = "/app"  # the task's writable directory inside the sandbox (docker: the image's WORKDIR wins)
-    agent_user: str = "unprivileged"  # who runs the agent's commands: unprivileged | root | task ([agent] user)
+    agent_user: str = "task"  # who runs the agent's commands (docker): task (its [agent] user, else root, as Harbor) | root | unprivileged
     profile: str = "training"  # training: the hardened verifier phase (boundary.py) | harbor: Harbor's own semantics, for comparable evaluation (see the README)
     verifier_isolation: str = "separate"  # separate: a new sandbox with the agent's files and services (boundary.py) | same: the agent's (Harbor) | fresh: a new one with only the work tree
     copy_bytes: int = 256 << 20  # apparent bytes of the agent's files that may cross into the verifier's sandbox

@@ -11,11 +11,15 @@ host). Everything the agent started dies with the container. Containers carry th
 ``echo-rl.owner`` (trainer pid) and ``echo-rl.host``: ``reap_orphans`` removes those of
 dead trainers on this host.
 
-Two principals: the agent's commands run as ``echo-agent`` (uid 10001, owner of the work
-dir, ``/logs/agent`` and its home) unless ``sandbox.agent_user`` says root; the verifier
-runs as root with a clean environment (``exec(..., verifier=True)``). ``/tests`` and
-``/logs/verifier`` (its own tmpfs) are root's: the unprivileged agent cannot write them,
-nor any system binary the verifier calls.
+Two principals. The agent's commands run as the task's ``[agent] user`` (root where it
+names none, as in Harbor; ``sandbox.agent_user`` can say ``unprivileged``: ``echo-agent``,
+uid 10001, owner of the work dir, ``/logs/agent`` and its home). Every exec runs as root
+and drops to the agent for its command alone, whose output goes to a root-only tmpfs; the
+trainer reads the exec's stream with a byte bound and a deadline. The verifier runs as
+root with a clean environment (``exec(..., verifier=True)``), by default in its own
+container (``verifier_sandbox``, ``verifier_isolation: separate``): the task's image, in the
+agent container's network namespace, with the agent's files copied in by the rules of
+``pipeline/sandbox/boundary.py``.
 
 Images, in order: the task's prebuilt ``image`` (Harbor ``docker_image``), its Dockerfile
 (Harbor ``environment/``, Terminal-Bench's task dir; built once, cached under a tag derived
@@ -134,9 +138,11 @@ class DockerSandbox(Sandbox):
             drop = self.dropper() if self.agent_uid is not None else ""
             inner = f'echo {OOM_AGENT} > /proc/self/oom_score_adj 2>/dev/null; exec {drop}bash -c "$1"'
             run = f"bash -c {shlex.quote(inner)} echo-rl {shlex.quote(command)}"
+        # A fresh capture file per command (mktemp: never one that exists), read under a
+        # timeout of its own: whatever a root agent puts at its path cannot block the exec.
         return (
-            f"{prefix}timeout -k 1 {timeout:g} {run} > {out}/o 2>&1 < /dev/null; rc=$?; "
-            f"head -c {self.cfg.output_bytes} {out}/o; size=$(stat -c %s {out}/o); rm -f {out}/o; "
+            f"o=$(mktemp {out}/o.XXXXXXXX) || exit 99; {prefix}timeout -k 1 {timeout:g} {run} > \"$o\" 2>&1 < /dev/null; "
+            f"rc=$?; timeout -s KILL 5 head -c {self.cfg.output_bytes} \"$o\"; size=$(stat -c %s \"$o\"); rm -f \"$o\"; "
             f'printf "\\n{TRAILER} %s %s" "$rc" "$size"'
         )
 
@@ -470,8 +476,9 @@ class DockerBackend(SandboxBackend):
         if task is not None and task_dir is None:
             task_dir = task.task_dir
         image = self.task_image(task_dir, task) if task_dir else self.image
-        agent_root = cfg.agent_user == "root" or (cfg.agent_user == "task" and task is not None
-                                                  and task.agent_user in ("root", "0"))  # fmt: skip
+        # "task": the task's [agent] user, and root where it names none (Harbor's default)
+        agent_root = cfg.agent_user == "root" or (cfg.agent_user == "task" and (task is None or task.agent_user in
+                                                                                ("", "root", "0")))  # fmt: skip
         memory = task.memory_mb if task is not None and task.memory_mb else cfg.memory_mb
         memory = min(memory, cfg.memory_mb) if cfg.memory_mb else memory  # the sandbox's cap bounds the task's ask
         extra = {"nano_cpus": int(task.cpus * 1e9)} if task is not None and task.cpus else {}

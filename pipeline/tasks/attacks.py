@@ -130,8 +130,8 @@ LEFTOVER_ATTACKS = [
     Attack("stream_flood", "for p in /proc/[0-9]*/fd/1 /proc/[0-9]*/fd/2; do [ -w \"$p\" ] && "
            "(head -c 2000000 /dev/zero | tr '\\0' A > \"$p\") 2>/dev/null; done; true",
            "write around the output capture, into every stream it can open"),
-    Attack("capture_fifo", "for d in /run/echo-rl-out /run/echo-rl-vout /run; do rm -f $d/o 2>/dev/null; mkfifo $d/o 2>/dev/null; done; "
-           "exec 1>&- 2>&-; true",
+    Attack("capture_fifo", "for f in /run/echo-rl-out/* /run/echo-rl-vout/* /run/*/o* /tmp/*; do [ -f \"$f\" ] && rm -f \"$f\" && "
+           "mkfifo \"$f\"; done 2>/dev/null; exec 1>&- 2>&-; true",
            "replace the exec's capture file by a FIFO (a trainer that reads it would block forever)"),
     Attack("memfd_fill", "python3 -c 'import os\nfd = os.memfd_create(\"m\")\nb = b\"x\" * (1 << 20)\nfor _ in range(4096):\n"
            "    os.write(fd, b)' > /dev/null 2>&1; true",

@@ -33,6 +33,8 @@ class TaskSetConfig:
     eval_per_family: int = 2  # generated eval: instances per family
     train_dirs: list[str] = field(default_factory=list)  # task sets to train on (overrides train)
     eval_dirs: list[str] = field(default_factory=list)  # held-out task sets (overrides eval)
+    audit: str = ""  # an `echo-rl tasks audit --json` report: training tasks an attack got through are refused
+    audit_failures: str = "refuse"  # refuse: stop at start, naming the task and the attacks | skip: train without them
 
     def check(self) -> list[tuple[str, str]]:
         errs = []
@@ -47,9 +49,34 @@ class TaskSetConfig:
             missing = [d for d in getattr(self, name) if not Path(d).is_dir()]
             if missing:
                 errs.append((name, f"not directories: {missing}"))
+        if self.audit and not Path(self.audit).is_file():
+            errs.append(("audit", f"not a file: {self.audit!r} (write one with `echo-rl tasks audit DIR --json FILE`)"))
+        if self.audit_failures not in ("refuse", "skip"):
+            errs.append(("audit_failures", f"must be refuse or skip, got {self.audit_failures!r}"))
         if self.eval_per_family < 1:
             errs.append(("eval_per_family", f"must be ≥ 1, got {self.eval_per_family}"))
         return errs
+
+
+def refuse_audited(tasks: list[Task], report: str | Path, policy: str) -> list[Task]:
+    """The tasks an audit report (``echo-rl tasks audit --json``) did not flag: a task that
+    an attack got through raises (``refuse``), naming it and the attacks, or is left out
+    with that line printed (``skip``)."""
+    import json
+    import sys
+
+    rows = {r["task"]: r for r in json.loads(Path(report).read_text()).get("tasks", [])}
+    flagged = {t.task_id: rows[t.task_id]["got_through"] for t in tasks
+               if t.task_id in rows and rows[t.task_id].get("got_through")}  # fmt: skip
+    lines = [f"task {tid}: the audit {report} found these attacks got through: {', '.join(a)}" for tid, a in flagged.items()]
+    if flagged and policy == "refuse":
+        raise TaskFormatError("; ".join(lines) + " (fix the task's verifier, or set tasks.audit_failures=skip)")
+    for line in lines:
+        print(f"echo-rl: left out of training: {line}", file=sys.stderr)
+    unaudited = [t.task_id for t in tasks if t.task_id not in rows]
+    if unaudited:
+        print(f"echo-rl: {len(unaudited)} training tasks are not in the audit {report}: {unaudited[:5]}", file=sys.stderr)
+    return [t for t in tasks if t.task_id not in flagged]
 
 
 class TaskSampler:
@@ -59,6 +86,8 @@ class TaskSampler:
         train = cfg.train_dirs or ([] if cfg.train == "generated" else [cfg.train])
         self._eval_dirs = cfg.eval_dirs or ([] if cfg.eval == "generated" else [cfg.eval])
         self._pool = [t for d in train for t in load_task_set(d)] if train else None
+        if self._pool is not None and cfg.audit:
+            self._pool = refuse_audited(self._pool, cfg.audit, cfg.audit_failures)
         if self._pool is not None and self._eval_dirs:
             held_out = {t.task_id for d in self._eval_dirs for t in load_task_set(d)}
             both = sorted({t.task_id for t in self._pool} & held_out)

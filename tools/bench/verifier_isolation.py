@@ -3,9 +3,11 @@
     python tools/bench/verifier_isolation.py [--n 10] [--backends bwrap,docker]
 
 One episode here = start the task's sandbox, run its reference solution as the agent,
-verify, close. ``same`` verifies in the agent's sandbox (Harbor's semantics), ``fresh``
-in a new sandbox of the task's image with only the work tree copied in. Alternating, same
-process; prints the medians and their ratio fresh / same.
+verify, close. ``same`` verifies in the agent's sandbox (Harbor's semantics), ``separate``
+(the default) in a new container of the task's image in the agent's network namespace with
+the agent's changed files copied in (bwrap: the agent's own sandbox, swept), ``fresh`` in
+a new sandbox with only the work tree copied in. Alternating, same process; prints the
+medians and their ratios to ``same``.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ def main() -> None:
     out.chmod(0o755)
     tasks = [load_task(d) for d in generate(["text_replace", "git_commit"], 1, out, seed=0)]
     for name in args.backends.split(","):
-        backends = {iso: make_backend(SandboxConfig(backend=name, verifier_isolation=iso)) for iso in ("same", "fresh")}
-        times = {"same": [], "fresh": []}
+        isolations = ("same", "separate", "fresh")
+        backends = {iso: make_backend(SandboxConfig(backend=name, verifier_isolation=iso)) for iso in isolations}
+        times = {iso: [] for iso in isolations}
         for i in range(args.n):
             for iso, backend in backends.items():
                 task = tasks[i % len(tasks)]
@@ -44,9 +47,9 @@ def main() -> None:
                     verdict = verify(task, box, backend, backend.cfg)
                 times[iso].append(time.perf_counter() - t0)
                 assert verdict.reward == 1.0, (iso, task.task_id, verdict)
-        same, fresh = statistics.median(times["same"]), statistics.median(times["fresh"])
-        print(f"{name}: episode (start, solution, verify, close) same {same * 1e3:.0f} ms, fresh {fresh * 1e3:.0f} ms, "
-              f"fresh/same {fresh / same:.2f} (median of {args.n})")  # fmt: skip
+        med = {iso: statistics.median(t) for iso, t in times.items()}
+        print(f"{name}: episode (start, solution, verify, close), median of {args.n}: "
+              + ", ".join(f"{iso} {med[iso] * 1e3:.0f} ms ({med[iso] / med['same']:.2f}x)" for iso in isolations))
 
 
 if __name__ == "__main__":
