@@ -118,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             train(cfg)
+        except ConfigError as e:
+            print(f"echo-rl: {e}", file=sys.stderr)
+            return 2
         except (RunError, FloatingPointError) as e:
             print(f"echo-rl train: {e}", file=sys.stderr)
             return 1

@@ -42,6 +42,11 @@ class RunError(RuntimeError):
 
 
 def train(cfg: Config) -> dict:
+    if cfg.sandbox.profile != "training":  # a policy trained under Harbor's semantics can learn its holes
+        from pipeline.config import ConfigError
+
+        raise ConfigError(f"config key 'sandbox.profile': {cfg.sandbox.profile!r} is for evaluation "
+                          "(echo-rl eval); training runs under the hardened 'training' profile")  # fmt: skip
     run_dir = Path(cfg.run.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.model.warmstart_steps and cfg.model.load and checkpoint.latest(cfg.model.load) is None:

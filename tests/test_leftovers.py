@@ -262,3 +262,16 @@ def test_tasks_audit_passes_every_built_in_family_against_the_leftover_kinds(tmp
     rows = __import__("json").loads(report.read_text())["tasks"]
     assert len(rows) == len(FAMILIES) and r.returncode == 0, r.stdout[-3000:]
     assert all(row["got_through"] == [] for row in rows)
+
+
+def test_the_harbor_profile_is_for_evaluation_only(tmp_path):
+    from pipeline.config import ConfigError, load_config
+    from pipeline.main import train
+
+    cfg = load_config(str(ROOT / "configs/tiny.yaml"), ["sandbox.profile=harbor", f"run.output_dir={tmp_path}"])
+    assert (cfg.sandbox.agent_user, cfg.sandbox.verifier_isolation) == ("root", "same")  # Harbor's semantics
+    with pytest.raises(ConfigError, match="sandbox.profile"):
+        train(cfg)
+    assert not any(tmp_path.iterdir())
+    with pytest.raises(ConfigError, match="profile"):
+        load_config(str(ROOT / "configs/tiny.yaml"), ["sandbox.profile=lenient"])

@@ -166,7 +166,7 @@ def test_tasks_check_passes_the_fixtures_on_docker(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
     rows = json.loads(out.read_text())["tasks"]
     assert {row["task"] for row in rows} == {"tb1-hello-world", "harbor-reward-json", "harbor-service", "tb1-compose",
-                                          "harbor-compose-service", "harbor-pytest-ctrf"}
+                                          "harbor-compose-service", "harbor-pytest-ctrf", "harbor-root-service"}
     assert all((row["noop"], row["oracle"]) == (0.0, 1.0) for row in rows)
     assert json.loads(out.read_text())["tasks"][0]["rewards"]  # the named rewards are reported
 

@@ -73,7 +73,7 @@ class OptimConfig:
 @dataclass
 class LearnerConfig:
     micro_batch_tokens: int = 8192  # token budget of one packed micro-batch
-    logprob_impl: str = "auto"  # auto (te on GPU, chunked on CPU) | te | chunked | megatron
+    logprob_impl: str = "auto"  # auto (te on GPU, fused on CPU) | fused (output layer + log-probs, no logits) | te | chunked | megatron
     logprob_chunk_rows: int = 64  # rows per chunk of the chunked log-prob kernel
     temperature: float = 1.0  # logits ÷ T before log-softmax, for BOTH loss terms (ref code: 0.8)
     checkpoint_every: int = 0  # steps between checkpoints (0 = only at the end)
@@ -87,8 +87,8 @@ class LearnerConfig:
         errs = []
         if self.micro_batch_tokens < 8 or self.micro_batch_tokens % 8:
             errs.append(("micro_batch_tokens", f"must be a positive multiple of 8, got {self.micro_batch_tokens}"))
-        if self.logprob_impl not in ("auto", "te", "chunked", "megatron"):
-            errs.append(("logprob_impl", f"must be auto, te, chunked or megatron, got {self.logprob_impl!r}"))
+        if self.logprob_impl not in ("auto", "fused", "te", "chunked", "megatron"):
+            errs.append(("logprob_impl", f"must be auto, fused, te, chunked or megatron, got {self.logprob_impl!r}"))
         if self.logprob_chunk_rows < 1:
             errs.append(("logprob_chunk_rows", f"must be ≥ 1, got {self.logprob_chunk_rows}"))
         if self.temperature <= 0:

@@ -83,8 +83,8 @@ class Learner:
         if self.attention == "auto":
             self.attention = "packed"
         impl = learner_cfg.logprob_impl
-        if impl == "auto":
-            impl = "te" if self.use_te else "chunked"
+        if impl == "auto":  # no logits at all where TE's kernel is not there (tools/bench/logprob_memory.py)
+            impl = "te" if self.use_te else "fused"
         self.logprob_impl = impl
         torch.manual_seed(seed)  # CPU init of the full weights, then sliced per TP rank
         gpt = build_gpt(

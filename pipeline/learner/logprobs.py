@@ -15,6 +15,13 @@ One call gives ``log p(target_i)`` for every position from the local vocab shard
   forward never modifies its input. Because the backward reuses the logits buffer, the
   logits must not be needed by anything else after this call (autograd raises if they
   are: the buffer's version counter changes).
+- ``fused``: the output layer and the log-probs in one function
+  (``fused_linear_token_logprobs``): from the final hidden states [N, H] and this rank's
+  output-layer weight [V/tp, H], ``chunk_rows`` rows at a time, the chunk's logits are
+  made, reduced to log-sum-exp and the target's logit, and dropped; the backward makes
+  them again and turns them into the chunk's share of ``dL/dhidden`` and ``dL/dweight``.
+  No [N, V/tp] tensor exists at any time, forward or backward (extra memory
+  O(chunk_rows · V/tp)); the price is the logits' matmul once more in the backward.
 - ``megatron``: Megatron-Core's ``vocab_parallel_cross_entropy``. It computes in fp32
   and subtracts the max *in place* on fp32 input, so fp32 logits are cloned first
   (the guard); it keeps a full fp32 softmax for backward (≈ 2–4 × the bf16 logits bytes).
@@ -89,6 +96,82 @@ class _ChunkedTokenLogprob(torch.autograd.Function):
         if valid < logits.shape[1]:
             logits[:, valid:].zero_()
         return logits, None, None, None, None, None
+
+
+class _FusedLinearTokenLogprob(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, tp_group, vocab_size, temperature, chunk_rows):
+        # hidden: [N, H]; weight: [Vl, H] this rank's shard; targets: [N] global token ids
+        N, Vl = hidden.shape[0], weight.shape[0]
+        tp_size, tp_rank = _tp(tp_group)
+        start = tp_rank * Vl
+        valid = max(0, min(Vl, vocab_size - start))  # real (unpadded) rows of this shard
+        local = targets - start
+        in_shard = (local >= 0) & (local < valid)
+        local = torch.where(in_shard, local, torch.zeros_like(local))
+        acc = torch.promote_types(hidden.dtype, torch.float32)  # fp32 math (fp64 stays fp64)
+        lse = torch.full((N,), float("-inf"), dtype=acc, device=hidden.device)
+        picked = torch.zeros(N, dtype=acc, device=hidden.device)
+        w = weight[:valid]
+        if valid > 0:
+            for i in range(0, N, chunk_rows):
+                x = (hidden[i : i + chunk_rows] @ w.t()).to(acc)  # [R, valid]: the chunk's logits, then gone
+                if temperature != 1.0:
+                    x = x / temperature
+                lse[i : i + chunk_rows] = torch.logsumexp(x, dim=-1)
+                picked[i : i + chunk_rows] = x.gather(1, local[i : i + chunk_rows, None]).squeeze(1)
+                del x
+        picked = torch.where(in_shard, picked, torch.zeros_like(picked))
+        if tp_size > 1:
+            gathered = [torch.empty_like(lse) for _ in range(tp_size)]
+            dist.all_gather(gathered, lse, group=tp_group)
+            lse = torch.logsumexp(torch.stack(gathered), dim=0)
+            dist.all_reduce(picked, group=tp_group)
+        ctx.save_for_backward(hidden, weight, local, in_shard, lse)
+        ctx.valid, ctx.temperature, ctx.chunk_rows = valid, temperature, chunk_rows
+        return (picked - lse).float()
+
+    @staticmethod
+    def backward(ctx, grad):
+        hidden, weight, local, in_shard, lse = ctx.saved_tensors
+        T, R, valid = ctx.temperature, ctx.chunk_rows, ctx.valid
+        acc = lse.dtype
+        grad = grad.to(acc)
+        w = weight[:valid]
+        d_hidden = torch.zeros_like(hidden)
+        d_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device)
+        for i in range(0, hidden.shape[0], R):
+            rows = slice(i, i + R)
+            h = hidden[rows]
+            x = (h @ w.t()).to(acc)
+            if T != 1.0:
+                x = x / T
+            # d logp / d logits_j = (onehot_j - softmax_j) / T
+            g = torch.exp(x - lse[rows, None]).mul_(-grad[rows, None])
+            del x
+            g.scatter_add_(1, local[rows, None], (grad[rows] * in_shard[rows].to(acc))[:, None])
+            if T != 1.0:
+                g.div_(T)
+            d_hidden[rows] = g.to(hidden.dtype) @ w
+            d_weight[:valid].addmm_(g.t(), h.to(acc))
+            del g
+        return d_hidden, d_weight.to(weight.dtype), None, None, None, None, None
+
+
+def fused_linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, tp_group=None,
+                                vocab_size: int | None = None, temperature: float = 1.0,
+                                chunk_rows: int = 256) -> torch.Tensor:  # fmt: skip
+    """``log p(targets)`` under ``softmax(hidden @ weight.T / T)`` without the logits.
+
+    hidden: [..., H] (already in the TP region: the caller's copy-to-TP-region all-reduces
+    its gradient); weight: [V/tp, H] (this rank's output-layer shard, tied or not);
+    targets: [...] global ids. Returns fp32 [...]. Differentiable w.r.t. both."""
+    lead, H = hidden.shape[:-1], hidden.shape[-1]
+    tp_size, _ = _tp(tp_group)
+    vocab_size = weight.shape[0] * tp_size if vocab_size is None else vocab_size
+    out = _FusedLinearTokenLogprob.apply(hidden.reshape(-1, H), weight, targets.reshape(-1), tp_group, vocab_size,
+                                         temperature, chunk_rows)  # fmt: skip
+    return out.view(lead)
 
 
 def _mask_padding_(logits: torch.Tensor, vocab_size: int, tp_group) -> None:

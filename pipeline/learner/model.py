@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer import TransformerConfig
 
-from pipeline.learner.logprobs import token_logprobs
+from pipeline.learner.logprobs import fused_linear_token_logprobs, token_logprobs
 
 SUPPORTED_ARCHITECTURES = ("Qwen3ForCausalLM",)
 
@@ -138,6 +138,26 @@ class EchoGPTModel(GPTModel):
         targets = labels.transpose(0, 1)
         logp = token_logprobs(logits, targets, tp_group=self.pg_collection.tp, **self._lp)
         return (-logp).transpose(0, 1).contiguous()
+
+    def _postprocess(self, hidden_states, input_ids, position_ids, labels, **kw):
+        """With ``impl: fused`` and labels: the output layer and the log-probs in one call
+        (``fused_linear_token_logprobs``), so the logits never exist. Otherwise (no labels:
+        inference; multi-token prediction; sequence parallel) Megatron's own path."""
+        lp = getattr(self, "_lp", {})
+        fused = lp.get("impl") == "fused" and labels is not None and not kw.get("mtp_in_postprocess") \
+            and self.config.mtp_num_layers is None and not self.output_layer.sequence_parallel  # fmt: skip
+        if not fused:
+            return super()._postprocess(hidden_states, input_ids, position_ids, labels, **kw)
+        from megatron.core.tensor_parallel.mappings import copy_to_tensor_model_parallel_region
+
+        weight = self.shared_embedding_or_output_weight() if self.share_embeddings_and_output_weights \
+            else self.output_layer.weight  # fmt: skip
+        tp = self.pg_collection.tp
+        if tp is not None and tp.size() > 1:  # what ColumnParallelLinear does first: all-reduce dL/dhidden
+            hidden_states = copy_to_tensor_model_parallel_region(hidden_states, group=tp)
+        opts = {k: v for k, v in lp.items() if k != "impl"}
+        logp = fused_linear_token_logprobs(hidden_states, weight, labels.transpose(0, 1), tp_group=tp, **opts)
+        return (-logp).transpose(0, 1).contiguous()  # [b, s], as compute_language_model_loss returns
 
 
 def layer_spec(use_te: bool, attention: str = "mask"):

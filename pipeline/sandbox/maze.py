@@ -45,6 +45,9 @@ class MazeSandbox(Sandbox):
         if files:
             raise SandboxError("a maze has no file system")
 
+    def cleanup_sweep(self) -> str:
+        return "sweep-removed 0 (a maze has no file system)"
+
     def read_file(self, path: str, *, max_bytes: int = 1 << 16) -> bytes | None:
         return (b"1" if self.cell == self.maze.goal else b"0") if path == REWARD_FILE else None
 

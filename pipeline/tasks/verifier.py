@@ -5,16 +5,26 @@ Where it sits: rollout (the agent finished) → **verify(task, sandbox, backend,
 Verdict (reward, named rewards, who is to blame for a failure) → Trajectory.reward.
 
 What the harness guarantees, whatever the agent did before (Harbor's and Terminal-Bench's
-own harnesses guarantee none of it; their run semantics are kept otherwise):
+own harnesses guarantee none of it; their run semantics are kept otherwise). What of the
+agent's world the verifier sees is decided in one place, ``pipeline/sandbox/boundary.py``:
 
-- ``/tests`` and ``/logs/verifier`` are removed as the agent left them and laid anew,
-  owned by root (``Sandbox.prepare_verifier``); the tests are copied in only then.
+- ``cfg.verifier_isolation: separate`` (the default): the tests run in
+  ``backend.verifier_sandbox(box)``: on docker a new container of the task's image in the
+  agent container's network namespace (services the agent started stay reachable), with
+  the agent's files copied in by the boundary's rules (no processes, no scratch dirs, no
+  toolchain of the agent's); on bwrap the agent's own sandbox (nothing of the agent runs
+  between commands, ``/tmp`` is per command).
+- Before the tests are laid, ``Sandbox.cleanup_sweep`` removes links into the verifier's
+  ground and special files; then ``/tests`` and ``/logs/verifier`` are removed as the agent
+  left them and laid anew, root's, ``/tests`` mode 0700 (``Sandbox.prepare_verifier``);
+  the tests are copied in only then.
 - The verifier runs as root with a clean process environment: system directories first
   on ``PATH``, ``PYTHONNOUSERSITE=1``, ``PYTHONSAFEPATH=1`` (``python -c``/``-m`` in the agent's
   work dir do not import what it planted there), a fresh ``HOME``, none of ``UNSAFE_ENV``,
-  ``TEST_DIR=/tests``, the task's ``[verifier] env``. Where the agent ran as another user
-  (``Sandbox.agent_uid``) its processes may live on (Harbor tasks check services the agent
-  started) — they cannot write the verifier's ground; where it ran as root they are killed.
+  ``TEST_DIR=/tests``, the task's ``[verifier] env``, and ``ECHO_RL_AGENT_UID``: the uid
+  (never root) as which a check runs the agent's code. A root agent's processes are
+  killed before a verifier that shares its sandbox (``same``), except under
+  ``cfg.profile: harbor`` (Harbor's semantics, for evaluation only).
 - The reward file is read without following links, must be a regular file of at most
   64 KiB and hold what its format allows: ``reward.json`` an object of name → finite
   number (the training reward is ``cfg.reward_key``, or the mean when that key is absent),
@@ -31,8 +41,8 @@ own harnesses guarantee none of it; their run semantics are kept otherwise):
   that shows the same, the episode is an infrastructure error "verifier needs the
   network: ...", never reward 0 (and the agent cannot buy that by printing the words).
 - ``cfg.verifier_isolation: fresh`` verifies in a new sandbox of the task's image into
-  which only the agent's work tree is copied: nothing the agent did to the system can
-  reach the verifier (for tasks whose checks read only files).
+  which only the agent's work tree is copied, with its own network (for tasks whose
+  checks read only files); ``same`` in the agent's own sandbox (Harbor's semantics).
 """
 
 from __future__ import annotations
