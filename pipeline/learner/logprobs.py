@@ -117,7 +117,7 @@ class _FusedLinearTokenLogprob(torch.autograd.Function):
             for i in range(0, N, chunk_rows):
                 x = (hidden[i : i + chunk_rows] @ w.t()).to(acc)  # [R, valid]: the chunk's logits, then gone
                 if temperature != 1.0:
-                    x = x / temperature
+                    x.div_(temperature)
                 lse[i : i + chunk_rows] = torch.logsumexp(x, dim=-1)
                 picked[i : i + chunk_rows] = x.gather(1, local[i : i + chunk_rows, None]).squeeze(1)
                 del x
@@ -143,19 +143,17 @@ class _FusedLinearTokenLogprob(torch.autograd.Function):
         for i in range(0, hidden.shape[0], R):
             rows = slice(i, i + R)
             h = hidden[rows]
-            x = (h @ w.t()).to(acc)
-            if T != 1.0:
-                x = x / T
-            # d logp / d logits_j = (onehot_j - softmax_j) / T
-            g = torch.exp(x - lse[rows, None]).mul_(-grad[rows, None])
-            del x
+            g = (h @ w.t()).to(acc)  # the chunk's logits again, turned into their gradient in place:
+            if T != 1.0:  # d logp / d logits_j = (onehot_j - softmax_j) / T
+                g.div_(T)
+            g.sub_(lse[rows, None]).exp_().mul_(-grad[rows, None])
             g.scatter_add_(1, local[rows, None], (grad[rows] * in_shard[rows].to(acc))[:, None])
             if T != 1.0:
                 g.div_(T)
             d_hidden[rows] = g.to(hidden.dtype) @ w
             d_weight[:valid].addmm_(g.t(), h.to(acc))
             del g
-        return d_hidden, d_weight.to(weight.dtype), None, None, None, None, None
+        return d_hidden, d_weight if d_weight.dtype == weight.dtype else d_weight.to(weight.dtype), None, None, None, None, None
 
 
 def fused_linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, tp_group=None,

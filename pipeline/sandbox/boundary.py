@@ -77,6 +77,7 @@ class TreeRefused(SandboxError):
 
 
 MAX_ENTRIES = 200_000  # entries of the agent's tree that may cross
+MAX_DEPTH = 256  # directory levels of the agent's tree that may cross (engines' archives stop at PATH_MAX)
 
 
 class _Chunks(io.RawIOBase):

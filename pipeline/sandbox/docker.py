@@ -39,13 +39,13 @@ import re
 import shlex
 import socket
 import tarfile
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 from pipeline.sandbox import boundary
-from pipeline.sandbox.boundary import MAX_ENTRIES, NOBODY, OOM_AGENT, crosses, filter_tar, top_paths
+from pipeline.sandbox.boundary import NOBODY, OOM_AGENT
+from pipeline.sandbox.docker_images import DockerImages, _tree
 from pipeline.sandbox.base import (UNSAFE_ENV, VERIFIER_PATH, ExecResult, Sandbox, SandboxBackend,
                                    SandboxConfig, SandboxError, phase_networks)  # fmt: skip
 
@@ -82,10 +82,6 @@ def _tar(files: dict[str, bytes], mode: int) -> bytes:
     return buf.getvalue()
 
 
-def _tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 def _discard(containers, network=None) -> None:
     """Remove an episode's containers and its service network, whatever state they are in."""
     for c in containers:
@@ -98,13 +94,6 @@ def _discard(containers, network=None) -> None:
             network.remove()
         except Exception:
             pass
-
-
-def _context_digest(context: Path, extra: str) -> str:
-    digest = hashlib.sha256(extra.encode())
-    for rel, data in sorted(_tree(context).items()):
-        digest.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
-    return digest.hexdigest()[:16]
 
 
 class DockerSandbox(Sandbox):
@@ -318,6 +307,8 @@ class DockerSandbox(Sandbox):
             raise SandboxError("copy_workdir_to: both sandboxes must be docker ones")
         wd = self.workdir.rstrip("/") or "/"
         other._root(f"find {shlex.quote(wd)} -mindepth 1 -delete")
+        from pipeline.sandbox.docker_carry import copy_paths
+
         copy_paths(self, other, [wd])
         if other.agent_uid is not None:  # the engine extracts as root: give the tree back to the agent
             other._root(f"chown -R -h {other.agent_uid}:{other.agent_gid} {shlex.quote(wd)}")
@@ -328,80 +319,7 @@ class DockerSandbox(Sandbox):
             _discard([self.container, *self.side], self.network)
 
 
-def copy_paths(src: DockerSandbox, dst: DockerSandbox, paths: list[str]) -> None:
-    """Copy ``paths`` (with their trees) from ``src`` into ``dst``, streamed through
-    ``boundary.filter_tar`` (what may cross, within ``copy_bytes``) and a temporary file:
-    the trainer never holds an archive in memory. Each path is read through its parent's
-    archive: the engine's archive of a path that is a link follows the link (Podman), and
-    a link must cross as a link."""
-    budget = {"bytes": src.cfg.copy_bytes, "entries": MAX_ENTRIES}
-    groups: dict[str, list[str]] = {}
-    for path in paths:
-        parent = str(Path(path).parent)
-        groups.setdefault(path if parent == "/" else parent, []).append(path)  # (never the whole root)
-    for source, only in groups.items():
-        parent = str(Path(source).parent)
-        with tempfile.TemporaryFile() as tmp:
-            try:
-                stream, _ = src.container.get_archive(source)
-            except Exception as e:  # noqa: BLE001 (gone between the diff and now: nothing to carry)
-                if "no such file" in str(e).lower() or "not found" in str(e).lower():
-                    continue
-                raise SandboxError(f"reading {source} from the agent's container failed: {e}") from e
-            try:
-                filter_tar(stream, parent, tmp, budget, tuple(only) if source not in only else (), src.workdir)
-            except tarfile.TarError as e:
-                raise SandboxError(f"the archive of {source} is malformed: {e}") from e
-            finally:
-                stream.close() if hasattr(stream, "close") else None
-            tmp.seek(0)
-            try:
-                dst.container.put_archive(parent, tmp)
-            except Exception as e:
-                raise SandboxError(f"copying {source} into the verifier's container failed: {e}") from e
-
-
-def _copy_owners(src: DockerSandbox, dst: DockerSandbox, paths: list[str]) -> None:
-    """Owners other than root, as they were in the agent's container (the engine's archive
-    drops them: Podman). Listed by root into a root-only tmpfs, applied without following
-    links; a listing a root agent tampered with can change owners only."""
-    if not paths:
-        return
-    listing = f"{OUTV}/owners"
-    src._root(f"find {' '.join(shlex.quote(p) for p in paths)} -xdev \\( -uid +0 -o -gid +0 \\) "
-              f"-printf '%U:%G\\t%p\\0' > {listing} 2>/dev/null; true")  # fmt: skip
-    raw = src.read_file(listing, max_bytes=64 << 20) or b""
-    by_owner: dict[str, list[str]] = {}
-    for entry in raw.split(b"\0"):
-        owner, _, path = entry.decode(errors="surrogateescape").partition("\t")
-        if path and re.fullmatch(r"\d+:\d+", owner) and crosses(path, src.workdir):
-            by_owner.setdefault(owner, []).append(path)
-    for owner, items in by_owner.items():
-        for i in range(0, len(items), 500):
-            dst._root(f"chown -h {owner} -- " + " ".join(shlex.quote(p) for p in items[i: i + 500]) + " 2>/dev/null; true")
-
-
-def carry_changes(src: DockerSandbox, dst: DockerSandbox) -> tuple[str, ...]:
-    """The agent's filesystem changes that cross the boundary, from its container into the
-    verifier's: changed trees copied, deletions repeated. Returns the carried roots."""
-    try:
-        changes = src.container.diff() or []
-    except Exception as e:
-        raise SandboxError(f"listing the agent's changes failed: {e}") from e
-    deleted = [c["Path"] for c in changes if c.get("Kind") == 2 and crosses(c["Path"], src.workdir)]
-    changed = [c for c in changes if c.get("Kind") != 2 and crosses(c["Path"], src.workdir)]
-    # A modified directory (kind 0) with changes below it is carried through those: the
-    # image's unchanged files in it (a task's data set) are the verifier's own already.
-    parents = {str(Path(c["Path"]).parent) for c in changes}
-    carried = top_paths([c["Path"] for c in changed if c.get("Kind") == 1 or c["Path"] not in parents])
-    copy_paths(src, dst, carried)
-    _copy_owners(src, dst, carried)
-    for i in range(0, len(deleted), 500):
-        dst._root("rm -rf -- " + " ".join(shlex.quote(p) for p in deleted[i: i + 500]))
-    return tuple(carried)
-
-
-class DockerBackend(SandboxBackend):
+class DockerBackend(DockerImages, SandboxBackend):
     def __init__(self, cfg: SandboxConfig, *, base_url: str | None = None, image: str = "echo-rl-base:latest"):
         import docker
 
@@ -418,58 +336,6 @@ class DockerBackend(SandboxBackend):
             raise SandboxError(f"base image {image} is missing: run tools/podman_setup.sh (or import the rootfs)") from e
         self.builds = 0  # images built by this backend (the cache keeps this small)
         self.reap_orphans()
-
-    def resolve_image(self, name: str, task_id: str, what: str) -> str:
-        """A local image for the public ``name``: mapped, present, or pulled."""
-        mapped = self.cfg.image_map.get(name, name)
-        for candidate in (mapped, mapped if ":" in mapped.rsplit("/", 1)[-1] else f"{mapped}:latest"):
-            try:
-                self.client.images.get(candidate)
-                return candidate
-            except Exception:
-                pass
-        try:
-            self.client.images.pull(mapped)
-            return mapped
-        except Exception as e:
-            raise SandboxError(
-                f"task {task_id}: image {name!r} ({what}) is not present, not mapped and cannot be pulled "
-                f"({str(e)[:120]}): set sandbox.image_map.{name}=LOCAL_IMAGE or build it (tools/podman_setup.sh "
-                "builds local stand-ins for debian/ubuntu/python bases)"
-            ) from None
-
-    def _build(self, dockerfile: Path, context: Path, task_id: str, timeout_s: float) -> str:
-        text = dockerfile.read_text()
-        for name in re.findall(r"^\s*FROM\s+(?:--\S+\s+)*(\S+)", text, re.M | re.I):
-            if name.lower() == "scratch" or "$" in name:
-                continue
-            local = self.resolve_image(name, task_id, f"FROM in {dockerfile.name}")
-            if local != name:  # the Dockerfile names the public tag: give it that name here
-                repo, _, tag = name.rpartition(":") if ":" in name.rsplit("/", 1)[-1] else (name, "", "latest")
-                self.client.images.get(local).tag(repo, tag)
-        rel = str(dockerfile.relative_to(context)) if dockerfile.is_relative_to(context) else str(dockerfile)
-        tag = f"echo-rl-task:{_context_digest(context, rel + repr(sorted(self.cfg.image_map.items())))}"
-        try:
-            self.client.images.get(tag)
-            return tag
-        except Exception:
-            pass
-        try:
-            self.client.images.build(path=str(context), dockerfile=rel, tag=tag, rm=True, network_mode="none",
-                                     timeout=int(timeout_s))  # fmt: skip
-        except Exception as e:
-            raise SandboxError(f"task {task_id}: building {dockerfile} failed: {str(e)[-1500:]}") from e
-        self.builds += 1
-        return tag
-
-    def task_image(self, task_dir: Path, task=None) -> str:
-        task_id = task.task_id if task is not None else task_dir.name
-        if task is not None and task.image:
-            return self.resolve_image(task.image, task_id, "docker_image")
-        dockerfile = task.dockerfile if task is not None else task_dir / "environment" / "Dockerfile"
-        if dockerfile is None or not dockerfile.is_file():
-            return self.image
-        return self._build(dockerfile, dockerfile.parent, task_id, task.build_timeout_s if task else 600)
 
     def start(self, *, task_dir: Path | None = None, episode: str = "", task=None) -> DockerSandbox:
         cfg = self.cfg
@@ -575,6 +441,8 @@ class DockerBackend(SandboxBackend):
         vbox.spec, vbox.own_user, vbox.sweep_roots = spec, box.own_user, ()
         try:
             self._lay_users(vbox)
+            from pipeline.sandbox.docker_carry import carry_changes
+
             vbox.sweep_roots = carry_changes(box, vbox)
             yield vbox
         finally:

@@ -1,0 +1,82 @@
+"""Task images for the docker backend: a task's prebuilt image, its Dockerfile (built once,
+cached under a tag derived from the hash of the build context), or the base image;
+``sandbox.image_map`` maps public names to local ones.
+
+Where it sits: ``DockerBackend.start`` → **task_image** → the episode's container.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+from pipeline.sandbox.base import SandboxError
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _context_digest(context: Path, extra: str) -> str:
+    digest = hashlib.sha256(extra.encode())
+    for rel, data in sorted(_tree(context).items()):
+        digest.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
+    return digest.hexdigest()[:16]
+
+
+class DockerImages:
+    """The image half of ``DockerBackend`` (needs ``self.client``, ``self.cfg``, ``self.image``,
+    ``self.builds``)."""
+
+    def resolve_image(self, name: str, task_id: str, what: str) -> str:
+        """A local image for the public ``name``: mapped, present, or pulled."""
+        mapped = self.cfg.image_map.get(name, name)
+        for candidate in (mapped, mapped if ":" in mapped.rsplit("/", 1)[-1] else f"{mapped}:latest"):
+            try:
+                self.client.images.get(candidate)
+                return candidate
+            except Exception:
+                pass
+        try:
+            self.client.images.pull(mapped)
+            return mapped
+        except Exception as e:
+            raise SandboxError(
+                f"task {task_id}: image {name!r} ({what}) is not present, not mapped and cannot be pulled "
+                f"({str(e)[:120]}): set sandbox.image_map.{name}=LOCAL_IMAGE or build it (tools/podman_setup.sh "
+                "builds local stand-ins for debian/ubuntu/python bases)"
+            ) from None
+
+    def _build(self, dockerfile: Path, context: Path, task_id: str, timeout_s: float) -> str:
+        text = dockerfile.read_text()
+        for name in re.findall(r"^\s*FROM\s+(?:--\S+\s+)*(\S+)", text, re.M | re.I):
+            if name.lower() == "scratch" or "$" in name:
+                continue
+            local = self.resolve_image(name, task_id, f"FROM in {dockerfile.name}")
+            if local != name:  # the Dockerfile names the public tag: give it that name here
+                repo, _, tag = name.rpartition(":") if ":" in name.rsplit("/", 1)[-1] else (name, "", "latest")
+                self.client.images.get(local).tag(repo, tag)
+        rel = str(dockerfile.relative_to(context)) if dockerfile.is_relative_to(context) else str(dockerfile)
+        tag = f"echo-rl-task:{_context_digest(context, rel + repr(sorted(self.cfg.image_map.items())))}"
+        try:
+            self.client.images.get(tag)
+            return tag
+        except Exception:
+            pass
+        try:
+            self.client.images.build(path=str(context), dockerfile=rel, tag=tag, rm=True, network_mode="none",
+                                     timeout=int(timeout_s))  # fmt: skip
+        except Exception as e:
+            raise SandboxError(f"task {task_id}: building {dockerfile} failed: {str(e)[-1500:]}") from e
+        self.builds += 1
+        return tag
+
+    def task_image(self, task_dir: Path, task=None) -> str:
+        task_id = task.task_id if task is not None else task_dir.name
+        if task is not None and task.image:
+            return self.resolve_image(task.image, task_id, "docker_image")
+        dockerfile = task.dockerfile if task is not None else task_dir / "environment" / "Dockerfile"
+        if dockerfile is None or not dockerfile.is_file():
+            return self.image
+        return self._build(dockerfile, dockerfile.parent, task_id, task.build_timeout_s if task else 600)
