@@ -7,6 +7,10 @@
    Engine's Triton parallel_cross_entropy), ``chunked`` (ours) and ``megatron``, against an
    fp64 reference — max |Δ| of values and gradients, time fwd+bwd, and peak extra memory
    ÷ the bf16 logits bytes.
+1b. The whole output stage (output-layer matmul + log-probs + backward) from bf16 hidden
+   states [N, H] and weight [V, H]: ``fused`` (no logits) against the logits paths
+   (``te``, ``chunked``): time, peak extra memory ÷ the bf16 logits bytes, max |Δ| of the
+   log-probs and of dL/dhidden against fp64 (``output_stage_check``; runs on CPU too, small).
 2. Packed attention (``learner.attention=packed``) on the GPU in bf16 against Megatron's
    ``DotProductAttention`` on the block-diagonal mask and against fp32: max |Δ| of values
    and gradients, for several packings (``attention_check``).
@@ -79,6 +83,54 @@ def logprob_check(impls: list[str], V: int = 151_936, N: int = 8192, T: float = 
             rows.append({"impl": impl, "error": f"{type(e).__name__}: {e}"[:300]})
     del base, x64, ref
     torch.cuda.empty_cache()
+    return rows
+
+
+def output_stage_check(impls: list[str], V: int = 151_936, N: int = 8192, H: int = 2048, T: float = 0.8,
+                       device: str = "cuda") -> list[dict]:  # fmt: skip
+    from pipeline.learner.logprobs import fused_linear_token_logprobs, token_logprobs
+
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    g = torch.Generator(device=device).manual_seed(0)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    h = (torch.randn(N, H, device=device, generator=g) / H**0.5).to(dtype)
+    w = (torch.randn(V, H, device=device, generator=g)).to(dtype)
+    targets = torch.randint(0, V, (N,), device=device, generator=g)
+    h64, w64 = h.double().requires_grad_(), w.double()
+    ref = torch.log_softmax((h64 @ w64.t()) / T, -1).gather(-1, targets[:, None])[:, 0]
+    ref.sum().backward()
+    ref_dh, ref = h64.grad, ref.detach()
+    del h64, w64
+    rows = []
+    for impl in impls:
+        try:
+            hl, wl = h.clone().requires_grad_(), w.clone().requires_grad_()
+            sync()
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+                start = torch.cuda.memory_allocated()
+            times = []
+            for _ in range(4):
+                hl.grad = wl.grad = None
+                t0 = time.perf_counter()
+                if impl == "fused":
+                    out = fused_linear_token_logprobs(hl, wl, targets, temperature=T)
+                else:
+                    out = token_logprobs(hl @ wl.t(), targets, temperature=T, impl=impl)
+                out.sum().backward()
+                sync()
+                times.append(time.perf_counter() - t0)
+            peak = (torch.cuda.max_memory_allocated() - start) if device == "cuda" else float("nan")
+            rows.append({"stage_impl": impl, "max_abs_err": float((out.detach().double() - ref).abs().max()),
+                         "max_dhidden_err": float((hl.grad.double() - ref_dh).abs().max()),
+                         "ms_fwd_bwd": statistics.median(times[1:]) * 1e3,
+                         "extra_mem_x_bf16_logits": peak / (N * V * 2)})  # fmt: skip
+        except Exception as e:  # noqa: BLE001 - report and go on
+            rows.append({"stage_impl": impl, "error": f"{type(e).__name__}: {e}"[:300]})
+    base = next((r["ms_fwd_bwd"] for r in rows if r.get("stage_impl") == "chunked" and "ms_fwd_bwd" in r), None)
+    for r in rows:
+        if base and "ms_fwd_bwd" in r:
+            r["time_x_chunked"] = r["ms_fwd_bwd"] / base
     return rows
 
 
@@ -180,12 +232,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--impls", default="chunked,megatron", help="log-prob impls to check (te needs TE)")
     ap.add_argument("--temperatures", default="0.8", help="comma-separated T for the log-prob check")
-    ap.add_argument("--no-learner", action="store_true", help="only the log-prob check")
+    ap.add_argument("--stage-impls", default="chunked,fused", help="output-stage paths (te needs TE)")
+    ap.add_argument("--no-learner", action="store_true", help="only the log-prob checks")
     ap.add_argument("--out", default="")
     a = ap.parse_args()
     res = {"logprobs": [dict(r, T=float(T)) for T in a.temperatures.split(",")
                         for r in logprob_check(a.impls.split(","), T=float(T))]}  # fmt: skip
     for r in res["logprobs"]:
+        print(r)
+    res["output_stage"] = output_stage_check(a.stage_impls.split(","))
+    for r in res["output_stage"]:
         print(r)
     if not a.no_learner:
         res["attention"] = attention_check()
