@@ -62,6 +62,7 @@ def test_training_survives_every_attack(backend, tmp_path, task_rootfs, monkeypa
     cfg = load_config(str(ROOT / "configs/tiny.yaml"), [
         f"run.output_dir={tmp_path / 'run'}", "run.steps=2", "model.load=''", "model.warmstart_steps=0",
         "rollout.tasks_per_step=9", "rollout.group_size=2", "rollout.max_turns=3", "rollout.infra_retries=0",
+        "rollout.max_tokens_per_turn=2048", "rollout.max_context_tokens=8192", "learner.micro_batch_tokens=8192",
         "eval.every=0", "tasks.families=[text_replace,python_fix,csv_sum,find_large]", f"sandbox.backend={backend}",
         "sandbox.timeout_s=20", "sandbox.memory_mb=512", "sandbox.pids=128", f"sandbox.rootfs={task_rootfs}",
     ])  # fmt: skip
@@ -86,12 +87,12 @@ def test_training_survives_every_attack(backend, tmp_path, task_rootfs, monkeypa
     trajs = [json.loads(line) for f in sorted((tmp_path / "run" / "trajectories").glob("step_*.jsonl"))
              for line in f.read_text().splitlines()]  # fmt: skip
     assert len(trajs) == cfg.run.steps * cfg.rollout.tasks_per_step * cfg.rollout.group_size
-    typed = [x for e in engines_made for x in e.typed]
-    attacks = {name for kind, name in typed if kind == "attack"}
-    assert attacks == {a.name for a in ATTACKS}, sorted({a.name for a in ATTACKS} - attacks)
+    texts = [chat.tok.decode(t["token_ids"]) for t in trajs]
+    played = {a.name for a in ATTACKS if any(json.dumps(a.command)[1:-1] in x for x in texts)}
+    assert played == {a.name for a in ATTACKS}, sorted({a.name for a in ATTACKS} - played)
     infra = [t["metadata"].get("infra_error") for t in trajs if t["infra_error"]]
     assert not infra, infra[:3]
-    solutions = [v for kind, v in typed if kind == "honest"]
-    honest = [t for t in trajs if any(s.strip() in chat.tok.decode(t["token_ids"]) for s in solutions)]
-    assert len(honest) == len(solutions) >= 3 and all(t["reward"] == 1.0 for t in honest)  # the control
+    solutions = {json.dumps(v)[1:-1] for e in engines_made for kind, v in e.typed if kind == "honest"}
+    honest = [t for t, x in zip(trajs, texts) if any(s in x for s in solutions)]
+    assert len(honest) >= 3 and all(t["reward"] == 1.0 for t in honest), [t["reward"] for t in honest]  # the control
     assert sum(t["reward"] > 0 for t in trajs) == len(honest), "an attack episode scored above 0"
