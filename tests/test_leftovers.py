@@ -67,12 +67,13 @@ def test_code_under_test_cannot_read_the_check(backend, family_tasks, chat, monk
 
 
 def test_leftover_processes_see_nothing_of_the_verifier(task_rootfs, family_tasks, chat, monkeypatch, tmp_path):
-    """docker keeps what the agent started running (Harbor's semantics). Its readers get
-    nothing in the separate verifier container, even with /tests world-readable; in the
-    agent's own container only /tests' mode stops them (control: open it, they win)."""
+    """docker keeps what the agent started running (Harbor's semantics). A root agent's
+    readers get nothing in the separate verifier container, even with /tests
+    world-readable; in the agent's own container an unprivileged agent's readers are
+    stopped by /tests' mode alone (the control: open it, and they win)."""
     task, reader = family_tasks["text_replace"], BY_NAME["leftover_ground_reader"].command
-    separate = _backend("docker", task_rootfs, tmp_path)
-    same = _backend("docker", task_rootfs, tmp_path, verifier_isolation="same")
+    separate = _backend("docker", task_rootfs, tmp_path, agent_user="root")
+    same = _backend("docker", task_rootfs, tmp_path, agent_user="unprivileged", verifier_isolation="same")
     assert _reward(task, reader, separate, chat) == 0.0
     assert _reward(task, reader, same, chat) == 0.0
     monkeypatch.setattr(boundary, "TESTS_MODE", 0o755)

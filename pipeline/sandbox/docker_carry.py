@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 
 from pipeline.sandbox.base import SandboxError
-from pipeline.sandbox.boundary import MAX_DEPTH, MAX_ENTRIES, TreeRefused, crosses, filter_tar, top_paths
+from pipeline.sandbox.boundary import MAX_DEPTH, MAX_ENTRIES, SCRATCH, TreeRefused, crosses, filter_tar, top_paths
 from pipeline.sandbox.docker import OUTV, DockerSandbox
 
 
@@ -42,14 +42,31 @@ def archive_stream(container, path: str):
 
 
 def refuse_deep(src: DockerSandbox, paths: list[str]) -> None:
-    """A tree deeper than ``MAX_DEPTH`` is refused before the engine walks it (its diff and
-    archives fail at PATH_MAX, after a long walk)."""
+    """Before the engine reads the agent's tree: special files out of it (an engine's
+    archive of a FIFO blocks on it), and a tree deeper than ``MAX_DEPTH`` refused (its diff
+    and archives fail at PATH_MAX, after a long walk)."""
     if not paths:
         return
-    deep = src._run(f"find {' '.join(shlex.quote(p) for p in paths)} -xdev -mindepth {MAX_DEPTH} -print -quit "
+    roots = " ".join(shlex.quote(p) for p in paths)
+    prune = " -o ".join(f"-path {p}" for p in SCRATCH)
+    deep = src._run(f"find {roots} -xdev \\( {prune} \\) -prune -o \\( -type p -o -type s -o -type b -o -type c \\) "
+                    f"-print0 2>/dev/null | xargs -0 -r rm -f; find {roots} -xdev -mindepth {MAX_DEPTH} -print -quit "
                     "2>/dev/null | head -c 200", "0", workdir="/", deadline_s=120)  # fmt: skip
     if deep.strip():
         raise TreeRefused(f"the agent's tree is deeper than {MAX_DEPTH} levels: {deep[:120]!r}")
+
+
+def refuse_large(src: DockerSandbox, paths: list[str]) -> None:
+    """The apparent size of what would cross, before any of it is read (the stream's own
+    budget stays the bound where this listing lies)."""
+    if not paths:
+        return
+    out = src._run(f"du -s -c -B1 --apparent-size -- {' '.join(shlex.quote(p) for p in paths)} 2>/dev/null | tail -1",
+                   "0", workdir="/", deadline_s=120)  # fmt: skip
+    words = out.split()
+    if words and words[0].isdigit() and int(words[0]) > src.cfg.copy_bytes:
+        raise TreeRefused(f"the agent's changed files are {int(words[0])} bytes apparent, over the copy cap "
+                          f"{src.cfg.copy_bytes} (sandbox.copy_bytes)")  # fmt: skip
 
 
 def copy_paths(src: DockerSandbox, dst: DockerSandbox, paths: list[str]) -> None:
@@ -60,6 +77,7 @@ def copy_paths(src: DockerSandbox, dst: DockerSandbox, paths: list[str]) -> None
     a link must cross as a link."""
     budget = {"bytes": src.cfg.copy_bytes, "entries": MAX_ENTRIES}
     refuse_deep(src, paths)
+    refuse_large(src, paths)
     groups: dict[str, list[str]] = {}
     for path in paths:
         parent = str(Path(path).parent)
