@@ -43,36 +43,47 @@ def _tp(group) -> tuple[int, int]:
     return dist.get_world_size(group), dist.get_rank(group)
 
 
+def _shard_logprobs(chunk_logits, N, Vl, targets, tp_group, vocab_size, temperature, chunk_rows, acc):
+    """The forward both kernels share: ``log p(target)`` [N] from this rank's vocab shard,
+    ``chunk_logits(rows, valid)`` giving the rows' logits [R, valid] in ``acc``, one chunk at
+    a time; the shards combined with one all-gather and one all-reduce of [N]. Returns
+    (logp, local target ids, in-shard mask, log-sum-exp, valid columns) for the backward."""
+    tp_size, tp_rank = _tp(tp_group)
+    start = tp_rank * Vl
+    valid = max(0, min(Vl, vocab_size - start))  # real (unpadded) columns of this shard
+    local = targets - start
+    in_shard = (local >= 0) & (local < valid)
+    local = torch.where(in_shard, local, torch.zeros_like(local))
+    lse = torch.full((N,), float("-inf"), dtype=acc, device=targets.device)
+    picked = torch.zeros(N, dtype=acc, device=targets.device)
+    if valid > 0:
+        for i in range(0, N, chunk_rows):
+            rows = slice(i, i + chunk_rows)
+            x = chunk_logits(rows, valid)
+            if temperature != 1.0:
+                x = x / temperature  # (not in place: the chunked kernel's x may be its input)
+            lse[rows] = torch.logsumexp(x, dim=-1)
+            picked[rows] = x.gather(1, local[rows, None]).squeeze(1)
+            del x
+    picked = torch.where(in_shard, picked, torch.zeros_like(picked))
+    if tp_size > 1:
+        gathered = [torch.empty_like(lse) for _ in range(tp_size)]
+        dist.all_gather(gathered, lse, group=tp_group)
+        lse = torch.logsumexp(torch.stack(gathered), dim=0)
+        dist.all_reduce(picked, group=tp_group)
+    return picked - lse, local, in_shard, lse, valid
+
+
 class _ChunkedTokenLogprob(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, targets, tp_group, vocab_size, temperature, chunk_rows):
         # logits: [N, Vl] local shard; targets: [N] global token ids
-        N, Vl = logits.shape
-        tp_size, tp_rank = _tp(tp_group)
-        start = tp_rank * Vl
-        valid = max(0, min(Vl, vocab_size - start))  # real (unpadded) columns of this shard
-        local = targets - start
-        in_shard = (local >= 0) & (local < valid)
-        local = torch.where(in_shard, local, torch.zeros_like(local))
-        lse = torch.full((N,), float("-inf"), dtype=torch.float32, device=logits.device)
-        picked = torch.zeros(N, dtype=torch.float32, device=logits.device)
-        if valid > 0:
-            for i in range(0, N, chunk_rows):
-                x = logits[i : i + chunk_rows, :valid].float()
-                if temperature != 1.0:
-                    x = x / temperature
-                lse[i : i + chunk_rows] = torch.logsumexp(x, dim=-1)
-                picked[i : i + chunk_rows] = x.gather(1, local[i : i + chunk_rows, None]).squeeze(1)
-                del x
-        picked = torch.where(in_shard, picked, torch.zeros_like(picked))
-        if tp_size > 1:
-            gathered = [torch.empty_like(lse) for _ in range(tp_size)]
-            dist.all_gather(gathered, lse, group=tp_group)
-            lse = torch.logsumexp(torch.stack(gathered), dim=0)
-            dist.all_reduce(picked, group=tp_group)
+        logp, local, in_shard, lse, valid = _shard_logprobs(
+            lambda rows, valid: logits[rows, :valid].float(), logits.shape[0], logits.shape[1], targets, tp_group,
+            vocab_size, temperature, chunk_rows, torch.float32)  # fmt: skip
         ctx.save_for_backward(logits, local, in_shard, lse)
         ctx.valid, ctx.temperature, ctx.chunk_rows = valid, temperature, chunk_rows
-        return picked - lse
+        return logp
 
     @staticmethod
     def backward(ctx, grad):
@@ -101,35 +112,15 @@ class _ChunkedTokenLogprob(torch.autograd.Function):
 class _FusedLinearTokenLogprob(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, tp_group, vocab_size, temperature, chunk_rows):
-        # hidden: [N, H]; weight: [Vl, H] this rank's shard; targets: [N] global token ids
-        N, Vl = hidden.shape[0], weight.shape[0]
-        tp_size, tp_rank = _tp(tp_group)
-        start = tp_rank * Vl
-        valid = max(0, min(Vl, vocab_size - start))  # real (unpadded) rows of this shard
-        local = targets - start
-        in_shard = (local >= 0) & (local < valid)
-        local = torch.where(in_shard, local, torch.zeros_like(local))
+        # hidden: [N, H]; weight: [Vl, H] this rank's shard; targets: [N] global token ids.
+        # Each chunk's logits [R, valid] are made, reduced and dropped: never all of them at once.
         acc = torch.promote_types(hidden.dtype, torch.float32)  # fp32 math (fp64 stays fp64)
-        lse = torch.full((N,), float("-inf"), dtype=acc, device=hidden.device)
-        picked = torch.zeros(N, dtype=acc, device=hidden.device)
-        w = weight[:valid]
-        if valid > 0:
-            for i in range(0, N, chunk_rows):
-                x = (hidden[i : i + chunk_rows] @ w.t()).to(acc)  # [R, valid]: the chunk's logits, then gone
-                if temperature != 1.0:
-                    x.div_(temperature)
-                lse[i : i + chunk_rows] = torch.logsumexp(x, dim=-1)
-                picked[i : i + chunk_rows] = x.gather(1, local[i : i + chunk_rows, None]).squeeze(1)
-                del x
-        picked = torch.where(in_shard, picked, torch.zeros_like(picked))
-        if tp_size > 1:
-            gathered = [torch.empty_like(lse) for _ in range(tp_size)]
-            dist.all_gather(gathered, lse, group=tp_group)
-            lse = torch.logsumexp(torch.stack(gathered), dim=0)
-            dist.all_reduce(picked, group=tp_group)
+        logp, local, in_shard, lse, valid = _shard_logprobs(
+            lambda rows, valid: (hidden[rows] @ weight[:valid].t()).to(acc), hidden.shape[0], weight.shape[0],
+            targets, tp_group, vocab_size, temperature, chunk_rows, acc)  # fmt: skip
         ctx.save_for_backward(hidden, weight, local, in_shard, lse)
         ctx.valid, ctx.temperature, ctx.chunk_rows = valid, temperature, chunk_rows
-        return (picked - lse).float()
+        return logp.float()
 
     @staticmethod
     def backward(ctx, grad):
