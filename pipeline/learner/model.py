@@ -144,8 +144,9 @@ class EchoGPTModel(GPTModel):
         (``fused_linear_token_logprobs``), so the logits never exist. Otherwise (no labels:
         inference; multi-token prediction; sequence parallel) Megatron's own path."""
         lp = getattr(self, "_lp", {})
-        fused = lp.get("impl") == "fused" and labels is not None and not kw.get("mtp_in_postprocess") \
-            and self.config.mtp_num_layers is None and not self.output_layer.sequence_parallel  # fmt: skip
+        fused = lp.get("impl") == "fused" and labels is not None and self.post_process \
+            and not kw.get("mtp_in_postprocess") and self.config.mtp_num_layers is None \
+            and not self.output_layer.sequence_parallel  # fmt: skip
         if not fused:
             return super()._postprocess(hidden_states, input_ids, position_ids, labels, **kw)
         from megatron.core.tensor_parallel.mappings import copy_to_tensor_model_parallel_region
