@@ -82,7 +82,22 @@ def test_training_survives_every_attack(backend, tmp_path, task_rootfs, monkeypa
         return engines_made[-1]
 
     monkeypatch.setattr(engines, "make_engine", attack_engine)
-    summary = main.train(cfg)
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as sock:  # this process's own rendezvous port: later subprocesses must not inherit it
+        sock.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("MASTER_PORT", str(sock.getsockname()[1]))
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    try:
+        summary = main.train(cfg)
+    finally:
+        from megatron.core import parallel_state
+
+        parallel_state.destroy_model_parallel()
+        if dist.is_initialized():
+            dist.destroy_process_group()
     assert summary["steps"] == 2
     trajs = [json.loads(line) for f in sorted((tmp_path / "run" / "trajectories").glob("step_*.jsonl"))
              for line in f.read_text().splitlines()]  # fmt: skip

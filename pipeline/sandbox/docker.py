@@ -206,7 +206,10 @@ class DockerSandbox(Sandbox):
         start = time.monotonic()
         deadline = timeout + EXEC_GRACE_S
         if verifier:
-            raw = self._run(self._script(command, timeout, OUTV, self._verifier_env(env)), "0", deadline_s=deadline)
+            script = self._script(command, timeout, OUTV, self._verifier_env(env))
+            raw = self._run(script, "0", deadline_s=deadline)
+            if not raw and time.monotonic() - start < deadline:  # the engine's stream broke before a byte: once more
+                raw = self._run(script, "0", deadline_s=deadline)
         else:
             home = {"HOME": self.agent_home, "USER": self.agent_name} if self.agent_uid is not None else {}
             raw = self._run(self._script(command, timeout, OUT, agent=True), "0", {**home, **(env or {})},
@@ -237,6 +240,8 @@ class DockerSandbox(Sandbox):
 
     def _root(self, script: str) -> None:
         raw = self._run(f"{script}; printf '\\n{TRAILER} %s' $?", "0", workdir="/")
+        if not raw:  # the engine's stream broke before a byte (setup is idempotent): once more
+            raw = self._run(f"{script}; printf '\\n{TRAILER} %s' $?", "0", workdir="/")
         if not raw.rstrip().endswith(f"{TRAILER} 0".encode()):
             raise SandboxError(f"sandbox setup failed: {raw[-300:]!r}")
 
@@ -325,7 +330,7 @@ class DockerBackend(DockerImages, SandboxBackend):
 
         url = base_url or os.environ.get("DOCKER_HOST") or "unix:///run/podman/podman.sock"
         try:
-            self.client = docker.DockerClient(base_url=url)
+            self.client = docker.DockerClient(base_url=url, max_pool_size=64)  # (concurrent episodes' execs)
             self.client.ping()
         except Exception as e:
             raise SandboxError(f"no Docker Engine API at {url}: {e}") from e
