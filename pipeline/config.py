@@ -62,11 +62,16 @@ class ClusterConfig:
     vllm_args: list[str] = field(default_factory=list)  # extra vLLM server arguments, e.g. [--dtype, bfloat16]
     master_port: int = 29500  # torchrun rendezvous port on the first learner node
     server_start_timeout_s: float = 1800.0  # how long servers wait for the learner's model export
+    server_host: str = ""  # address each vLLM server binds ("" = its node's name, the one in its URL; 0.0.0.0 = all)
+    server_restarts: int = 3  # a rollout server that dies is started again (on its node) this often per job
+    server_restart_delay_s: float = 10.0  # wait before each restart
     log_dir: str = ""  # per-component logs ("" = RUN_DIR/logs/JOB_ID)
 
     def check(self) -> list[tuple[str, str]]:
         errs = [(n, f"must be ≥ 1, got {getattr(self, n)}") for n in ("learner_nodes", "rollout_nodes", "vllm_tensor_parallel")
                 if getattr(self, n) < 1]  # fmt: skip
+        if self.server_restarts < 0:
+            errs.append(("server_restarts", f"must be ≥ 0, got {self.server_restarts}"))
         if self.gpus_per_node < 0:
             errs.append(("gpus_per_node", f"must be ≥ 0, got {self.gpus_per_node}"))
         elif self.gpus_per_node and self.gpus_per_node % self.vllm_tensor_parallel:

@@ -20,11 +20,19 @@ server its rank offset), so the weight-version contract of ``update_weights`` ho
 with one node runs both components on it (the CPU test in CI). Nothing here is a new RPC
 layer: Slurm places, vLLM serves, torch.distributed trains.
 
+Each server binds its node's name (``cluster.server_host``), the address in its URL. The
+learner's torchrun uses a static rendezvous: each node's rank is its place in the learner
+list, so the first learner node holds global rank 0 (the store, the weight transfer's
+address) whatever the nodes' ``gethostname()`` says (emulated nodes share one).
+
 Failure handling: servers that never come up stop the learner with a message naming the
 URL and its log; a server that dies later is dropped by the engine (its episodes retry
-elsewhere or become ``infra_error``); when the learner exits, the servers are stopped;
-SIGTERM (scancel, preemption) is passed on; a requeued job (``--requeue``) runs the same
-command, which resumes from ``RUN_DIR/ckpt``.
+elsewhere or become ``infra_error``), and started again here on its node after
+``cluster.server_restart_delay_s`` (``cluster.server_restarts`` times per job); the engine
+re-admits it at the next weight update, holding the new version. A learner rank that dies
+ends the learner step (``--kill-on-bad-exit``; the others fail at their next collective);
+when the learner exits, the servers are stopped; SIGTERM (scancel, preemption) is passed
+on; a requeued or resubmitted job runs the same command, which resumes from ``RUN_DIR/ckpt``.
 """
 
 from __future__ import annotations
@@ -82,11 +90,11 @@ def plan(cfg, recipe: str, overrides: list[str], hosts: list[str], *, job_id: st
             url = f"http://{host}:{port}"
             urls.append(url)
             argv = ["srun", "--overlap", "--nodes=1", "--ntasks=1", f"--nodelist={host}", f"--job-name=rollout-{host}-{k}",
-                    f"--output={logs}/rollout-{host}-{k}.log"]  # fmt: skip
+                    f"--output={logs}/rollout-{host}-{k}.log", "--open-mode=append"]  # fmt: skip
             if gpus:
                 argv.append(f"--gpus={c.vllm_tensor_parallel}")
             argv += [python, "-m", "pipeline.engines.serve", "--model-dir", str(run_dir / "engine_model"),
-                     "--port", str(port), "--timeout", f"{c.server_start_timeout_s:g}", "--",
+                     "--host", c.server_host or host, "--port", str(port), "--timeout", f"{c.server_start_timeout_s:g}", "--",
                      "--tensor-parallel-size", str(c.vllm_tensor_parallel),
                      "--max-model-len", str(cfg.rollout.max_context_tokens), *c.vllm_args]  # fmt: skip
             if cfg.engine.weight_transport == "dist":  # the learner pushes weights over a process group
@@ -97,12 +105,17 @@ def plan(cfg, recipe: str, overrides: list[str], hosts: list[str], *, job_id: st
                 argv += ["--kv-cache-memory-bytes", str(1 << 30)]
             steps.append(Step("rollout", host, argv, logs / f"rollout-{host}-{k}.log", url))
     server_urls = "engine.server_urls=[" + ",".join(f'"{u}"' for u in urls) + "]"
-    learner = ["srun", "--overlap", f"--nodes={len(learners)}", "--ntasks-per-node=1", f"--nodelist={','.join(learners)}",
+    learner = ["srun", "--overlap", f"--nodes={len(learners)}", f"--ntasks={len(learners)}", "--ntasks-per-node=1", f"--nodelist={','.join(learners)}",
                "--job-name=learner", f"--output={logs}/learner-%t.log", "--kill-on-bad-exit=1"]  # fmt: skip
     if gpus:
         learner.append(f"--gpus-per-node={gpus}")
+    # each node's rank is its place in the learner list (torchrun reads --node-rank from
+    # PET_NODE_RANK), so global rank 0, which hosts the weight transfer, is on learners[0]
+    node_rank = f'i=0; for n in {" ".join(map(shlex.quote, learners))}; do [ "$n" = "$SLURMD_NODENAME" ] && break; ' \
+                'i=$((i + 1)); done; PET_NODE_RANK=$i exec "$@"'
+    learner += ["bash", "-c", node_rank, "learner"]
     learner += [python, "-m", "torch.distributed.run", f"--nnodes={len(learners)}", f"--nproc-per-node={max(gpus, 1)}",
-                "--rdzv-backend=c10d", f"--rdzv-endpoint={learners[0]}:{c.master_port}", f"--rdzv-id={job_id}",
+                "--rdzv-backend=static", f"--master-addr={learners[0]}", f"--master-port={c.master_port}",
                 "-m", "pipeline.cli", "train", recipe, *overrides, "engine.backend=vllm_server", server_urls]  # fmt: skip
     if cfg.engine.weight_transport == "dist":  # learner rank 0 (first learner node) hosts the group's rendezvous
         learner.append(f"engine.weight_transfer_address={learners[0]}")
@@ -118,8 +131,9 @@ def describe(steps: list[Step]) -> str:
     return "\n".join(lines)
 
 
-def run(steps: list[Step], run_dir: Path) -> int:
-    """Start the servers, run the learner to the end, stop the servers; the learner's exit code."""
+def run(steps: list[Step], run_dir: Path, *, restarts: int = 0, restart_delay_s: float = 10.0) -> int:
+    """Start the servers, run the learner to the end (a server that dies is started again,
+    ``restarts`` times in all), stop the servers; the learner's exit code."""
     steps[0].log.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(run_dir / "engine_model", ignore_errors=True)  # servers wait for the learner's fresh export
     procs: list[subprocess.Popen] = []
@@ -144,15 +158,36 @@ def run(steps: list[Step], run_dir: Path) -> int:
     print(describe(steps), flush=True)
     t0 = time.time()
     try:
-        for s in steps[:-1]:
-            procs.append(subprocess.Popen(s.argv))
+        servers = {i: subprocess.Popen(s.argv) for i, s in enumerate(steps[:-1])}
+        procs.extend(servers.values())
         learner = subprocess.Popen(steps[-1].argv)
         procs.append(learner)
-        code = learner.wait()
+        died: dict[int, float] = {}
+        while (code := _wait(learner, 2.0)) is None:
+            for i, p in servers.items():
+                if p.poll() is None:
+                    continue
+                if i not in died:
+                    died[i] = time.time()
+                    left = f"restarting in {restart_delay_s:g} s ({restarts} restart(s) left)" if restarts else "no restarts left"
+                    print(f"launch: rollout server {steps[i].url} exited with {p.returncode}; {left}", flush=True)
+                elif restarts and time.time() - died[i] >= restart_delay_s:
+                    restarts -= 1
+                    del died[i]
+                    servers[i] = subprocess.Popen(steps[i].argv)
+                    procs.append(servers[i])
+                    print(f"launch: rollout server {steps[i].url} started again (log {steps[i].log})", flush=True)
     finally:
         stop()
     print(f"launch: learner exited with {code} after {time.time() - t0:.0f} s; logs in {steps[0].log.parent}", flush=True)
     return code
+
+
+def _wait(p: subprocess.Popen, timeout_s: float) -> int | None:
+    try:
+        return p.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.dry_run:
         print(describe(steps))
         return 0
-    return run(steps, Path(cfg.run.output_dir).resolve())
+    return run(steps, Path(cfg.run.output_dir).resolve(), restarts=cfg.cluster.server_restarts,
+               restart_delay_s=cfg.cluster.server_restart_delay_s)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ def train(cfg: Config) -> dict:
                 tracker.commit()
         if k and rank0:  # rollouts of the next k steps run while the learner trains
             producer = BatchProducer(ro.engine, rollout_batch, start=learner.step, stop=cfg.run.steps, max_staleness=k,
-                                     version=learner.step, saved=lambda t: _saved_batch(run_dir, t))  # fmt: skip
+                                     version=learner.step, saved=lambda t: _saved_batch(cfg, t))  # fmt: skip
         for step in range(learner.step, cfg.run.steps):
             t0 = time.perf_counter()
             trajs, info = None, {}
@@ -99,19 +99,20 @@ def train(cfg: Config) -> dict:
                 trajs, info = producer.get(step)
             elif rank0:
                 trajs = rollout_batch(step)
+            if rank0:
+                info = {**info, **ro.health()}  # rollout/servers_alive, sandbox/hosts_alive
             trajs, info = handover((trajs, info))
             t_rollout = time.perf_counter() - t0
             metrics = rollout_metrics(trajs)
             metrics.update(_staleness_metrics(step, trajs, info, k))
             # the learner's wait for this step's batch (all of the rollout when synchronous)
             metrics["time/learner_wait_s"] = info.get("learner_wait_s", t_rollout)
+            metrics.update({n: v for n, v in info.items() if n.startswith(("rollout/servers", "sandbox/hosts"))})
             if k:  # what the policy-gradient term may see: ≤ k versions old (infra failures carry no policy)
                 trajs = [t for t in trajs if t.infra_error or step - t.policy_version <= k]
                 metrics["rollout/dropped_stale"] += metrics["rollout/episodes"] - len(trajs)
             if metrics["rollout/infra_error_frac"] > cfg.run.max_infra_error_frac:
-                raise RunError(f"step {step}: {metrics['rollout/infra_errors']:.0f} of {len(trajs)} episodes "
-                               f"failed on infrastructure (see 'infra_error' in {run_dir}/trajectories/"
-                               f"step_{step:06d}.jsonl); over run.max_infra_error_frac={cfg.run.max_infra_error_frac}")  # fmt: skip
+                _stop_on_infra(cfg, learner, tracker, step, metrics, len(trajs))
             if cfg.rollout.train_filters:  # e.g. env_only: learn only from clean episodes
                 trajs = [t for t in trajs if passes_filters(t, cfg.rollout.train_filters)]
                 metrics["rollout/kept_by_filters"] = float(len(trajs))
@@ -155,11 +156,33 @@ def train(cfg: Config) -> dict:
     return summary
 
 
-def _saved_batch(run_dir: Path, step: int) -> list | None:
+def _saved_batch(cfg: Config, step: int) -> list | None:
     """A batch a killed run finished before its step was trained (the file is written
-    whole: ``save_jsonl`` renames it into place)."""
-    path = run_dir / "trajectories" / f"step_{step:06d}.jsonl"
-    return load_jsonl(path) if path.is_file() else None
+    whole: ``save_jsonl`` renames it into place); one that failed on infrastructure is
+    rolled out again."""
+    path = Path(cfg.run.output_dir) / "trajectories" / f"step_{step:06d}.jsonl"
+    trajs = load_jsonl(path) if path.is_file() else None
+    if trajs and sum(t.infra_error for t in trajs) / len(trajs) > cfg.run.max_infra_error_frac:
+        return None
+    return trajs
+
+
+def _stop_on_infra(cfg: Config, learner, tracker, step: int, m: dict, n: int) -> None:
+    """Too much of this batch failed on infrastructure (every rank): checkpoint the learner
+    as it stands (nothing is lost; the same command resumes at this step, its batch rolled
+    again) and stop, saying why."""
+    ckpt_dir = Path(cfg.run.output_dir) / "ckpt"
+    last = checkpoint.latest(ckpt_dir)
+    if last is None or last.name != f"step_{learner.step:06d}":
+        learner.save(str(ckpt_dir))
+    if tracker is not None:
+        tracker.commit()
+    why = f"{m['rollout/infra_errors']:.0f} of {n} episodes failed on infrastructure"
+    if m.get("rollout/servers_alive", 1) == 0:
+        why = f"no rollout server is alive (0 of {m['rollout/servers']:.0f}; see the rollout logs): {why}"
+    raise RunError(f"step {step}: {why} (see 'infra_error' in {cfg.run.output_dir}/trajectories/step_{step:06d}.jsonl; "
+                   f"run.max_infra_error_frac={cfg.run.max_infra_error_frac}); checkpoint {ckpt_dir} is at step "
+                   f"{learner.step}: the same command resumes there")  # fmt: skip
 
 
 def _staleness_metrics(step: int, trajs: list, info: dict, k: int) -> dict:

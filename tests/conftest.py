@@ -1,5 +1,6 @@
 """Shared fixtures: the bubblewrap task rootfs (built by tools/build_rootfs.sh, cached)."""
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -10,6 +11,10 @@ import pytest
 collect_ignore_glob = ["fixtures/*"]
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# vLLM's processes reach each other over the machine's first interface address unless told
+# otherwise: the tests keep every byte on loopback
+os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
 
 
 @pytest.fixture(scope="session")

@@ -270,12 +270,60 @@ def test_vllm_server_engine_against_a_live_server(server):
     engine.close()
 
 
+def test_vllm_server_engine_readmits_a_server_that_comes_back_only_with_the_new_version(server, capfd):
+    """A server lost and back (a loopback forwarder to the live server, stopped and started
+    again: the "second server" needs no second vLLM start): dropped at its first failed
+    request, which the other server answers; left out while down (servers_alive 1);
+    asked again at the next weight update and re-admitted only once that version is
+    loaded. With every server down an update still returns its version (the learner stops
+    at the next batch, with a checkpoint) and a request fails as an EngineError (the
+    episode's infra_error), never a hang."""
+    from urllib.parse import urlparse
+
+    from pipeline.engines.vllm_server import VLLMServerEngine
+    from tests.helpers.dist import free_port
+    from tests.helpers.forward import Forwarder
+
+    tmp_path, url, hf, _ = server
+    u = urlparse(url)
+    fwd = Forwarder(free_port(), (u.hostname, u.port)).start()
+    prompt = [1, 2, 3, 4, 5]
+    try:
+        engine = VLLMServerEngine([fwd.url, url], weights_dir=tmp_path / "stream-back")
+        assert engine.health() == {"rollout/servers_alive": 2.0, "rollout/servers": 2.0}
+        fwd.stop()
+        g = engine.submit(prompt, SamplingParams(max_tokens=4)).result()  # the forwarder's turn first
+        assert len(g.token_ids) == 4 and engine.live == [url] and engine.health()["rollout/servers_alive"] == 1
+        assert engine.update_weights(buckets_of(scaled(hf, 0.5), version=1)) == 1  # while it is down
+        assert engine.live == [url] and engine.joining == []
+        fwd.start()  # "restarted": it answers, but it was not at v1 when it left
+        assert engine.live == [url]  # not before the next update
+        assert engine.update_weights(buckets_of(scaled(hf, 1.3), version=2)) == 2
+        assert engine.live == [url, fwd.url] and "re-admitting " + fwd.url + " at v2" in capfd.readouterr().out
+        for _ in range(4):  # both serve v2
+            g = engine.submit(prompt, SamplingParams(max_tokens=4)).result()
+            assert g.policy_version == 2 and gap(hf, prompt, g) < 1e-3
+        engine.close()
+        # no server left: the update still answers, the request fails fast, naming them
+        engine = VLLMServerEngine([fwd.url], weights_dir=tmp_path / "stream-back", model=engine.model)
+        fwd.stop()
+        assert engine.update_weights(buckets_of(hf, version=3)) == 3
+        assert engine.health()["rollout/servers_alive"] == 0
+        with pytest.raises(EngineError, match="no vLLM server left"):
+            engine.submit(prompt, SamplingParams(max_tokens=4)).result(timeout=60)
+        engine.close()
+    finally:
+        fwd.stop()
+
+
 def test_vllm_server_takes_weights_over_a_process_group_and_fails_fast_when_one_dies(server):
     """engine.weight_transport=dist: the gloo backend registered through vLLM's plugin entry
     point, buckets broadcast to the server's worker, no directory written; a bad checksum is
     refused by the worker; a killed server fails the transfer in seconds naming it (no hang),
     and with the fallback the version goes through the filesystem to the servers left."""
     import time
+
+    import requests
 
     from pipeline.engines.base import StreamAgain
     from pipeline.engines.vllm_server import VLLMServerEngine
@@ -302,10 +350,21 @@ def test_vllm_server_takes_weights_over_a_process_group_and_fails_fast_when_one_
     assert engine.update_weights(buckets_of(scaled(hf, 1.1), version=4)) == 4
     g = engine.submit(prompt, SamplingParams(max_tokens=6)).result()
     assert gap(hf, prompt, g) < 1e-3 and not list((tmp_path / "stream-dist").iterdir())
+    # a version given up after this server started it (another member lost) leaves no session
+    # open: the group is shut down with an abort, and the next version goes over it again
+    requests.post(f"{url}/start_weight_update", json={}, timeout=30).raise_for_status()
+    with pytest.raises(StreamAgain, match="already active"):
+        engine.update_weights(buckets_of(scaled(hf, 0.8), version=5))
+    assert engine.update_weights(buckets_of(scaled(hf, 0.8), version=5), transport="filesystem") == 5
+    assert engine.update_weights(buckets_of(scaled(hf, 0.7), version=6)) == 6  # no StreamAgain: over the group
+    g = engine.submit(prompt, SamplingParams(max_tokens=6)).result()
+    assert g.policy_version == 6 and gap(hf, prompt, g) < 1e-3
     proc.kill()
     proc.wait()
     t0 = time.perf_counter()
-    with pytest.raises(EngineError, match=f"no vLLM server left.*{url}|{url}"):
-        engine.update_weights(buckets_of(scaled(hf, 0.5), version=5))
-    assert time.perf_counter() - t0 < 30  # no hang
+    with pytest.raises(StreamAgain, match=url) as e:  # names the server; the group is not tried again
+        engine.update_weights(buckets_of(scaled(hf, 0.5), version=7))
+    assert time.perf_counter() - t0 < 30 and e.value.transport == "filesystem"  # no hang
+    assert engine.update_weights(buckets_of(hf, version=7), transport="filesystem") == 7
+    assert engine.health()["rollout/servers_alive"] == 0
     engine.close()

@@ -134,3 +134,44 @@ def test_trains_on_a_directory_task_set_on_docker(tmp_path, task_rootfs):
     assert "step 2/2" in out
     assert [s for s, _ in metric(rd, "rollout/verifier_agent_failures")] == [0, 1]
     assert all(v == 0 for _, v in metric(rd, "rollout/infra_errors")), out[-3000:]
+
+
+@pytest.mark.slow
+def test_a_batch_lost_to_infrastructure_stops_with_a_checkpoint_and_the_same_command_resumes(tmp_path, task_rootfs):
+    """Every episode fails on infrastructure (the task's image cannot be built here: FROM an
+    image this offline machine does not have): the run stops at its first step saying so,
+    with a checkpoint at that step and no step logged, never training on reward-0 rows. Once
+    the image builds, the same command resumes there, rolls the batch again (the saved
+    all-infra batch is not reused) and finishes."""
+    import shutil
+
+    from pipeline.sandbox import SandboxConfig, SandboxError
+    from pipeline.sandbox.docker import DockerBackend
+    from pipeline.trajectory import load_jsonl
+
+    try:
+        DockerBackend(SandboxConfig(backend="docker"))
+    except SandboxError as e:
+        pytest.skip(f"docker backend unavailable: {e}")
+    task = tmp_path / "train" / "harbor-reward-json"
+    shutil.copytree(ROOT / "tests/fixtures/tasks/harbor-reward-json", task)
+    dockerfile = task / "environment" / "Dockerfile"
+    good = dockerfile.read_text()
+    dockerfile.write_text(good.replace("FROM python:3.12-slim", "FROM echo-rl-test/not-on-this-machine:1"))
+    rd = tmp_path / "run"
+    cmd = ["train", "configs/tiny.yaml", f"run.output_dir={rd}", "run.steps=1", "eval.every=0", "model.load=''",
+           "model.warmstart_steps=0", "eval.probe=false", "sandbox.backend=docker", f"tasks.train_dirs=[{task.parent}]",
+           "rollout.tasks_per_step=1", "rollout.group_size=2", "rollout.max_turns=1", "rollout.max_staleness=1",
+           "rollout.infra_retries=0"]  # fmt: skip
+    rc, out = run(*cmd)
+    assert rc != 0 and "step 0: 2 of 2 episodes failed on infrastructure" in out, out[-4000:]
+    assert f"checkpoint {rd / 'ckpt'} is at step 0: the same command resumes there" in out
+    assert (rd / "ckpt" / "latest").read_text().strip() == "step_000000"
+    assert metric(rd, "loss") == []
+    assert all(t.infra_error for t in load_jsonl(rd / "trajectories" / "step_000000.jsonl"))
+    dockerfile.write_text(good)
+    rc, out = run(*cmd)
+    assert rc == 0, out[-4000:]
+    assert f"resuming from {rd / 'ckpt'} at step 0" in out and "step 1/1" in out
+    assert [s for s, _ in metric(rd, "loss")] == [0]
+    assert not any(t.infra_error for t in load_jsonl(rd / "trajectories" / "step_000000.jsonl"))

@@ -80,8 +80,13 @@ class EngineError(RuntimeError):
 
 class StreamAgain(EngineError):
     """The version did not reach the engine over its fast transport, and the engine can
-    take it over its fallback: the learner streams the same version once more
-    (``update_weights(stream, transport="filesystem")``)."""
+    take it once more: the learner streams the same version again
+    (``update_weights(stream, transport=self.transport)``: ``dist`` over a rebuilt group,
+    or the ``filesystem`` fallback)."""
+
+    def __init__(self, message: str, transport: str = "filesystem"):
+        super().__init__(message)
+        self.transport = transport
 
 
 class Engine(abc.ABC):
@@ -106,6 +111,10 @@ class Engine(abc.ABC):
     def apply_staged(self, staged) -> int:
         """Serve a version from ``stage_weights``; return the version now held."""
         return self.update_weights(iter(staged))
+
+    def health(self) -> dict:
+        """Per-step gauges of the engine's serving side (``vllm_server``: servers alive)."""
+        return {}
 
     def close(self) -> None:
         pass

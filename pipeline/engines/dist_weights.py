@@ -7,9 +7,10 @@ Where it sits: ``VLLMServerEngine.update_weights`` → **DistTransport.send(buck
 ``GlooWeightTransferEngine``.
 
 Contract (the filesystem transport's): buckets come straight from the learner's stream
-(memory bounded by one packed bucket); a version is reported only after every live server
-finished it (its workers verified the stream's checksum); a server that does not answer is
-dropped, never waited for. A transfer that fails or stalls (every collective and request
+(memory bounded by one packed bucket); a version is reported only after every server of
+the group finished it (its workers verified the stream's checksum); a server that does not
+answer is dropped, never waited for. The group holds the engine's ``targets()`` (live
+servers and those coming back); when they change, the next version forms a new group. A transfer that fails or stalls (every collective and request
 has ``timeout_s``) raises ``TransferFailed`` naming the server; the group is then shut
 down on every side and a fresh one (a new store prefix) is formed for the next version.
 """
@@ -38,7 +39,7 @@ class ServersClient:
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="weights-http")
 
     def _each(self, route: str, bodies) -> None:
-        urls = list(self.engine.live)
+        urls = self.engine.targets()
         bodies = bodies if isinstance(bodies, list) else [bodies] * len(urls)
         futs = {url: self._pool.submit(self._post, url, route, body) for url, body in zip(urls, bodies)}
         for url, fut in futs.items():
@@ -55,8 +56,12 @@ class ServersClient:
 
     def world_sizes(self) -> list[int]:
         out = []
-        for url in list(self.engine.live):
-            r = requests.get(f"{url}/get_world_size", timeout=min(self.timeout_s, 30))
+        for url in self.engine.targets():
+            try:
+                r = requests.get(f"{url}/get_world_size", timeout=min(self.timeout_s, 30))
+            except (requests.ConnectionError, requests.Timeout) as e:
+                self.engine._drop(url, f"weight transfer /get_world_size: {type(e).__name__}")
+                raise TransferFailed(f"vLLM server {url}: /get_world_size: {type(e).__name__}") from e
             r.raise_for_status()
             out.append(int(r.json()["world_size"]))
         return out
@@ -75,13 +80,15 @@ class ServersClient:
         self._each("/finish_weight_update", {"weight_version": weight_version})
 
     def shutdown(self) -> None:
-        """Best effort: every server releases the group (a worker stuck in a receive frees
-        itself when its collective times out)."""
-        for url in list(self.engine.live):
-            try:
-                requests.post(f"{url}/shutdown_weight_transfer_engine", timeout=5)
-            except requests.RequestException:
-                pass
+        """Best effort: every server ends the version it may have started (an ``abort``
+        update: vLLM's worker ends a session only when an update raises) and releases the
+        group (a worker stuck in a receive frees itself when its collective times out)."""
+        for url in self.engine.targets():
+            for route, body in (("/update_weights", {"update_info": {"abort": True}}), ("/shutdown_weight_transfer_engine", {})):
+                try:
+                    requests.post(f"{url}{route}", json=body, timeout=5)
+                except requests.RequestException:
+                    break
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -102,11 +109,13 @@ class DistTransport:
         self.client = ServersClient(engine, timeout_s)
         self._groups = itertools.count()
         self.sender = None
+        self.members: list[str] = []  # the servers of the current group
         self._lock = threading.Lock()
 
     def _connect(self):
         from pipeline.engines.gloo_transfer import GlooTrainerInitInfo, GlooTrainerWeightTransferEngine
 
+        self.members = self.engine.targets()
         info = GlooTrainerInitInfo(rank=0, master_address=self.address, master_port=self.port,
                                    world_sizes=self.client.world_sizes(), group=f"g{next(self._groups)}",
                                    timeout_s=self.timeout_s)  # fmt: skip
@@ -119,6 +128,9 @@ class DistTransport:
         it = iter(buckets)
         with self._lock:
             try:
+                if self.sender is not None and self.members != self.engine.targets():
+                    self.client.shutdown()  # a server left or joins: a new group of the current ones
+                    self.sender = None
                 if self.sender is None:
                     self.sender = self._connect()
                 return self.sender.send_weights(it)

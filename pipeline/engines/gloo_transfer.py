@@ -149,6 +149,11 @@ def _worker_classes():
             self.timing = {"start": time.perf_counter() - t0, "receive": 0.0, "checksum": 0.0, "load": 0.0, "bytes": 0}
 
         def update_weights(self, update_info) -> None:
+            if isinstance(update_info, dict) and update_info.get("abort"):
+                # the trainer gave this version up (a member was lost): raising here is what
+                # makes vLLM's worker end its session, so the next version can start
+                self.digest = None
+                raise RuntimeError("weight update aborted by the trainer")
             # the base class ends with torch.accelerator.synchronize(), which raises on CPU
             # torch; a gloo broadcast has completed when wait() returns
             self.receive_weights(self.parse_update_info(update_info))
@@ -254,7 +259,11 @@ def _trainer_classes():
                 errors: list[BaseException] = []
                 t = threading.Thread(target=lambda: _collect(errors, self.client.update_weights, info), daemon=True)
                 t.start()
-                self.group.broadcast(buf, 0).wait()
+                try:
+                    self.group.broadcast(buf, 0).wait()
+                except Exception as e:  # a member died or stalled: its HTTP call names it
+                    t.join(timeout=min(self.timeout_s, 30))
+                    raise (errors[0] if errors else e) from e
                 t.join(timeout=self.timeout_s + 30)
                 if t.is_alive():
                     raise TimeoutError(f"a server did not confirm bucket {b.index} of v{b.version} within "

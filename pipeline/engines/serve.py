@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -41,8 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
            "--host", a.host, "--port", str(a.port), "--worker-extension-cls", "pipeline.engines.vllm.WeightLoader",
            *vllm_args]  # fmt: skip
+    env = dict(os.environ, VLLM_SERVER_DEV_MODE="1")
+    if a.host not in ("0.0.0.0", "::", "") and "VLLM_HOST_IP" not in env:
+        # vLLM's own processes talk over the node's address (not the first interface's)
+        env["VLLM_HOST_IP"] = socket.gethostbyname(a.host)
     print("serve:", " ".join(cmd), flush=True)
-    os.execve(sys.executable, cmd, dict(os.environ, VLLM_SERVER_DEV_MODE="1"))
+    os.execve(sys.executable, cmd, env)
     return 1  # not reached
 
 

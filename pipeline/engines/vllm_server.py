@@ -19,6 +19,14 @@ to the next live server, and only when none is left does the request fail (an
 transport is the fallback the cluster issue names; the version contract is the same:
 the version is reported only after every server loaded the directory whose checksum
 matched the stream's.
+
+Servers lost and back. At every weight update the dropped servers are asked for
+``/v1/models`` (2 s); one that answers (``pipeline.launch`` restarts a dead server) joins
+that update and is re-admitted only once it holds the new version, so a restarted server
+never samples old weights. ``health()`` reports ``rollout/servers_alive``; with none left
+an update still returns its version (the learner stops at its next batch, whose episodes
+are all ``infra_error``, with a checkpoint: ``pipeline/main.py``). Over ``dist`` a member
+lost mid-transfer is dropped and the version goes once more over a group rebuilt without it.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ class VLLMServerEngine(Engine):
                  transfer_port: int = 0, transfer_timeout_s: float = 600.0, transfer_fallback: bool = True):  # fmt: skip
         self.urls = [u.rstrip("/") for u in urls]
         self.live = list(self.urls)
+        self.joining: list[str] = []  # dropped servers answering again: they join the next update
         self._lock = threading.Lock()
         self.weights_dir = Path(weights_dir)
         self.timeout_s = timeout_s
@@ -90,9 +99,38 @@ class VLLMServerEngine(Engine):
 
     def _drop(self, url: str, why: str) -> None:
         with self._lock:
+            if url in self.joining:
+                self.joining.remove(url)
+                print(f"vllm_server: {url} did not take the weights ({why}); still out", flush=True)
             if url in self.live:
                 self.live.remove(url)
                 print(f"vllm_server: dropping {url} ({why}); {len(self.live)} server(s) left", flush=True)
+
+    def targets(self) -> list[str]:
+        """The servers the next weight update goes to: the live ones and those joining."""
+        with self._lock:
+            return self.live + self.joining
+
+    def _probe_dropped(self) -> None:
+        """Dropped servers that answer ``/v1/models`` again join the coming update."""
+        for url in [u for u in self.urls if u not in self.targets()]:
+            try:
+                requests.get(f"{url}/v1/models", timeout=2).raise_for_status()
+            except requests.RequestException:
+                continue
+            with self._lock:
+                self.joining.append(url)
+
+    def _admit(self, version: int) -> None:
+        """Servers that joined this update now hold ``version``: they serve again."""
+        with self._lock:
+            back, self.joining = self.joining, []
+            self.live += back
+        for url in back:
+            print(f"vllm_server: re-admitting {url} at v{version}; {len(self.live)} server(s) live", flush=True)
+
+    def health(self) -> dict:
+        return {"rollout/servers_alive": float(len(self.live)), "rollout/servers": float(len(self.urls))}
 
     def _complete_any(self, prompt_ids: list[int], p: SamplingParams) -> Generation:
         while (url := self._pick()) is not None:
@@ -129,29 +167,36 @@ class VLLMServerEngine(Engine):
         """One version to every server: over the process group (``dist``), or written to
         ``weights_dir/v{version}`` (safetensors) and loaded by each server from there
         (``filesystem``: servers must see the same filesystem)."""
+        if transport is None:
+            self._probe_dropped()
         if (transport or self.transport) == "dist":
             from pipeline.engines.dist_weights import TransferFailed
 
+            members = self.targets()
             try:
                 return self._served(self._dist.send(buckets))
-            except TransferFailed as e:
-                self._transfer_failed(e)
-                raise StreamAgain(str(e)) from e
+            except TransferFailed as e:  # the learner streams the version again, over what this says
+                raise StreamAgain(str(e), transport=self._after_failure(e, members, retried=transport == "dist")) from e
         return self._load_from_dir(self._write_version(buckets))
 
     def _served(self, version: int) -> int:
         for old in self.weights_dir.glob("v*"):  # a fallback's directories, once a newer version is served
             if old.is_dir() and old.name[1:].isdigit() and int(old.name[1:]) <= version:
                 shutil.rmtree(old, ignore_errors=True)
+        self._admit(version)
         self.policy_version = version
         return version
 
-    def _transfer_failed(self, e) -> None:
-        if not self.live:
-            raise EngineError(f"no vLLM server left of {self.urls} to load weights ({e})") from e
+    def _after_failure(self, e, members: list[str], *, retried: bool) -> str:
+        """Where a version that failed over the process group goes next: the group again,
+        rebuilt, when a member was lost (the live ones still want it); else the filesystem."""
+        if not retried and self.targets() and set(self.targets()) < set(members):
+            print(f"vllm_server: {e}; once more over a group of the {len(self.targets())} server(s) left", flush=True)
+            return "dist"
         if not self.fallback:
             raise EngineError(f"{e} (engine.weight_transport_fallback=false)") from e
         print(f"vllm_server: {e}; this version goes through the filesystem", flush=True)
+        return "filesystem"
 
     def stage_weights(self, buckets):
         """``dist``: a host copy (sent between batches); ``filesystem``: the version's directory."""
@@ -161,14 +206,20 @@ class VLLMServerEngine(Engine):
 
     def apply_staged(self, staged) -> int:
         kind, data = staged
+        self._probe_dropped()
         if kind == "dist":
             from pipeline.engines.dist_weights import TransferFailed
 
-            try:
-                return self._served(self._dist.send(iter(data)))
-            except TransferFailed as e:
-                self._transfer_failed(e)
-                data = self._write_version(iter(data))
+            retried = False
+            while True:
+                members = self.targets()
+                try:
+                    return self._served(self._dist.send(iter(data)))
+                except TransferFailed as e:
+                    if self._after_failure(e, members, retried=retried) == "filesystem":
+                        break
+                    retried = True
+            data = self._write_version(iter(data))
         return self._load_from_dir(data)
 
     def _write_version(self, buckets) -> tuple[int, Path]:
@@ -186,7 +237,7 @@ class VLLMServerEngine(Engine):
         """Every live server loads the version's directory; then the older versions go
         (bounded disk; a newer one staged meanwhile stays)."""
         version, out = staged
-        for url in list(self.live):
+        for url in self.targets():
             try:
                 r = requests.post(f"{url}/collective_rpc", timeout=self.timeout_s, json={
                     "method": "echo_load_weights_from_dir", "args": [json.dumps(str(out))]})  # fmt: skip
@@ -196,12 +247,16 @@ class VLLMServerEngine(Engine):
             try:
                 r.raise_for_status()
             except requests.RequestException as e:
+                if url in self.joining:  # a server coming back that cannot load stays out
+                    self._drop(url, f"weight update to v{version}: {e}")
+                    continue
                 raise EngineError(f"vLLM server {url}: weight update to v{version} failed: {e}") from e
-        if not self.live:
-            raise EngineError(f"no vLLM server left of {self.urls} to load weights v{version}")
+        if not self.targets():  # the next batch finds no server: the learner stops there, with a checkpoint
+            print(f"vllm_server: no server of {self.urls} is alive to load weights v{version}", flush=True)
         for old in self.weights_dir.glob("v*"):
             if old.is_dir() and old.name[1:].isdigit() and int(old.name[1:]) < version:
                 shutil.rmtree(old, ignore_errors=True)
+        self._admit(version)
         self.policy_version = version
         return version
 

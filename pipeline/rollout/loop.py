@@ -125,16 +125,19 @@ class _Episode:
 def run_episode(task: Task, group_id: str, engine: Engine, backend: SandboxBackend, chat: ChatFormat,
                 cfg: RolloutConfig, sandbox_cfg: SandboxConfig, *, seed: int | None = None) -> Trajectory:  # fmt: skip
     """One episode; infrastructure failures are retried, then recorded, never raised."""
-    error = ""
+    error, lost_on = "", []
     for attempt in range(cfg.infra_retries + 1):
         ep = _Episode(task, group_id)
         t0 = time.perf_counter()
         try:
             reward = _play(ep, engine, backend, chat, cfg, sandbox_cfg, seed)
             ep.meta.update(rollout_s=time.perf_counter() - t0, attempts=attempt + 1)
+            if lost_on:  # the sandbox hosts of the attempts lost to infrastructure (a fleet)
+                ep.meta["infra_lost_on"] = lost_on
             return ep.trajectory(reward, infra_error=False)
         except (SandboxError, VerifierError, EngineError, OSError) as e:
             error = f"{type(e).__name__}: {e}"
+            lost_on.append(ep.meta.get("sandbox_host", ""))
     ep.meta.update(infra_error=error[:2000], attempts=cfg.infra_retries + 1, finish_reason="infra_error")
     if not ep.ids:  # failed before the prompt was rendered: keep a one-token record
         ep.add(chat.prompt(chat.messages(task.instruction)), 0)
@@ -149,6 +152,8 @@ def _play(ep: _Episode, engine: Engine, backend: SandboxBackend, chat: ChatForma
         raise ValueError(f"task {ep.task.task_id}: the prompt has {len(ep.ids)} tokens, over "
                          f"rollout.max_context_tokens={cfg.max_context_tokens}")  # fmt: skip
     with backend.start(task_dir=ep.task.task_dir, episode=f"{ep.group_id}", task=ep.task) as box:
+        if getattr(box, "host_url", ""):
+            ep.meta["sandbox_host"] = box.host_url
         for turn in range(cfg.max_turns):
             budget = cfg.max_context_tokens - len(ep.ids) - _RESERVE  # ≥ _MIN_ACTION (checked below)
             gen = engine.submit(ep.ids, SamplingParams(

@@ -91,6 +91,10 @@ class Rollouter:
 
         return stage_engine(learner, self.engine)
 
+    def health(self) -> dict:
+        """The engine's and the sandbox backend's per-step gauges (servers, hosts alive)."""
+        return {**(self.engine.health() if self.engine else {}), **(self.backend.health() if self.backend else {})}
+
     def close(self) -> None:
         if self.engine is not None:
             self.engine.close()

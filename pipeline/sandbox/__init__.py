@@ -9,6 +9,10 @@ def make_backend(cfg: SandboxConfig) -> SandboxBackend:
         from pipeline.sandbox.bwrap import BwrapBackend
 
         return BwrapBackend(cfg)
+    if cfg.backend == "docker" and cfg.hosts:
+        from pipeline.sandbox.fleet import SandboxFleet
+
+        return SandboxFleet(cfg)
     if cfg.backend == "docker":
         from pipeline.sandbox.docker import DockerBackend
 

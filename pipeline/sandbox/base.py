@@ -35,6 +35,8 @@ class SandboxConfig:
     image_map: dict = field(default_factory=dict)  # public image name → local one (air-gapped clusters, this machine)
     agent_network: str = "none"  # the agent phase's network: none | task (what the task declares: allow_internet / network_mode)
     verifier_network: str = "task"  # the verifier phase's: none | task (TB2's test.sh installs its tools from the internet)
+    hosts: list = field(default_factory=list)  # docker: a fleet of Docker API hosts (pipeline/sandbox/fleet.py): URLs or {url, max_concurrent, tls_ca, tls_cert, tls_key}; [] = DOCKER_HOST alone
+    host_probe_s: float = 10.0  # a down host is pinged again at most this often
 
     def __post_init__(self):
         if self.profile == "harbor":  # Harbor's semantics: a root agent, verified in its own container, its
@@ -58,6 +60,12 @@ class SandboxConfig:
                 errs.append((n, f"must be ≥ 1, got {getattr(self, n)}"))
         if self.timeout_s <= 0:
             errs.append(("timeout_s", f"must be > 0, got {self.timeout_s}"))
+        if self.hosts:
+            from pipeline.sandbox.fleet import check_hosts
+
+            errs += check_hosts(self.hosts)
+            if self.backend != "docker":
+                errs.append(("hosts", f"a fleet of hosts needs backend docker, got {self.backend!r}"))
         return errs
 
 
@@ -229,3 +237,7 @@ class SandboxBackend(abc.ABC):
     @abc.abstractmethod
     def reap_orphans(self) -> int:
         """Remove what killed trainers left behind; returns how many episodes were reaped."""
+
+    def health(self) -> dict:
+        """Per-step gauges (a fleet: ``sandbox/hosts_alive``)."""
+        return {}

@@ -105,6 +105,8 @@ class DockerSandbox(Sandbox):
         self.agent_net, self.verifier_net = networks  # "none" | "public", by phase
         self.net_now = self.agent_net
         self.side, self.network = side or [], network  # compose services beside it, their internal network
+        self.on_close: list = []  # called once it is gone (a fleet frees its host's slot)
+        self.host_lost = False
 
     def _switch_network(self, want: str) -> None:
         if want == self.net_now:
@@ -301,6 +303,8 @@ class DockerSandbox(Sandbox):
             return f.read(max_bytes + 1) if f is not None else None
 
     def alive(self) -> bool:
+        if self.host_lost:  # its host went down (pipeline/sandbox/fleet.py): never trust it again
+            return False
         try:
             self.container.reload()
             return self.container.status == "running"
@@ -322,15 +326,17 @@ class DockerSandbox(Sandbox):
         if not self.closed:
             self.closed = True
             _discard([self.container, *self.side], self.network)
+            for done in self.on_close:
+                done()
 
 
 class DockerBackend(DockerImages, SandboxBackend):
-    def __init__(self, cfg: SandboxConfig, *, base_url: str | None = None, image: str = "echo-rl-base:latest"):
+    def __init__(self, cfg: SandboxConfig, *, base_url: str | None = None, image: str = "echo-rl-base:latest", tls=None):
         import docker
 
         url = base_url or os.environ.get("DOCKER_HOST") or "unix:///run/podman/podman.sock"
         try:
-            self.client = docker.DockerClient(base_url=url, max_pool_size=64)  # (concurrent episodes' execs)
+            self.client = docker.DockerClient(base_url=url, max_pool_size=64, tls=tls or False)  # (concurrent execs)
             self.client.ping()
         except Exception as e:
             raise SandboxError(f"no Docker Engine API at {url}: {e}") from e

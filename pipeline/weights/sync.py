@@ -27,28 +27,28 @@ def sync_engine(learner, engine) -> int:
     """Stream the learner's current weights into ``engine`` (None on ranks other than 0).
 
     An engine whose fast transport failed for this version (``StreamAgain``: the
-    ``vllm_server`` engine's process group) takes it once more over its fallback; rank 0
-    tells every rank whether to stream again (the stream is a collective of all ranks)."""
+    ``vllm_server`` engine's process group) takes it again, over the transport it names;
+    rank 0 tells every rank whether to stream again (the stream is a collective of all ranks)."""
     from pipeline.engines.base import StreamAgain
     from pipeline.learner.parallel import handover
 
-    version, again = learner.step, False
-    stream = _stream(learner)
-    if engine is None:
-        for _ in stream:  # take part in the collectives
-            pass
-    else:
-        try:
-            version = engine.update_weights(stream)
-        except StreamAgain:
-            again = True
-    if handover(again):
+    version, transport = learner.step, None
+    for attempt in range(3):  # the fast transport, once more over it (rebuilt), then the fallback
         stream = _stream(learner)
+        again = None
         if engine is None:
-            for _ in stream:
+            for _ in stream:  # take part in the collectives
                 pass
         else:
-            version = engine.update_weights(stream, transport="filesystem")
+            try:
+                version = engine.update_weights(stream, **({"transport": transport} if transport else {}))
+            except StreamAgain as e:
+                if attempt == 2:
+                    raise
+                again = e.transport
+        transport = handover(again)
+        if transport is None:
+            break
     if version != learner.step:
         raise RuntimeError(f"engine reports weights version {version}, the learner is at {learner.step}")
     return version
