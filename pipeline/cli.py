@@ -11,7 +11,7 @@
     echo-rl tasks generate --families all --n 4 --out DIR  # built-in task families → Harbor dirs
     echo-rl tasks check DIR... [--backend docker] [--jobs N] [--json OUT]  # oracle: no-op 0, solution 1
     echo-rl tasks audit DIR... [--backend docker] [--jobs N] [--json OUT]  # generic reward attacks
-    echo-rl microcosm rl [--config configs/microcosm/smoke.yaml]  # the maze microcosm (pipeline/microcosm.py)
+    echo-rl microcosm rl [--config configs/microcosm/smoke.yaml]  # the maze microcosm (pipeline/microcosm/)
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # Megatron-Core warns on import where TE/Apex are absent (every CPU run): said once in the README.
     warnings.filterwarnings("ignore", message=".*(Transformer Engine and Apex|Apex is not installed).*")
+    # and its TransformerConfig of 0.16 warns about its own default cuda_graph_scope
+    warnings.filterwarnings("ignore", message="full scope is deprecated", module="megatron")
     parser = argparse.ArgumentParser(prog="echo-rl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_config_args(sub.add_parser("config", help="print the resolved config"))
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["sandbox"]:
         return _sandbox(parser.parse_args(argv))
     if argv[:1] == ["microcosm"]:
-        from pipeline.microcosm import main as microcosm_main
+        from pipeline.microcosm.run import main as microcosm_main
 
         return microcosm_main(argv[1:])
     if argv[:1] == ["convert"]:

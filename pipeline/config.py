@@ -65,6 +65,9 @@ class ClusterConfig:
     server_host: str = ""  # address each vLLM server binds ("" = its node's name, the one in its URL; 0.0.0.0 = all)
     server_restarts: int = 3  # a rollout server that dies is started again (on its node) this often per job
     server_restart_delay_s: float = 10.0  # wait before each restart
+    sandbox_hosts: bool = False  # each rollout node serves sandboxes (tools/podman_host.sh): the learner gets them as sandbox.hosts
+    sandbox_url: str = "ssh://{node}"  # how the learner reaches a rollout node's service ({node}, {socket} filled in)
+    sandbox_slots: int = 8  # episodes at once on each rollout node's sandbox host
     log_dir: str = ""  # per-component logs ("" = RUN_DIR/logs/JOB_ID)
 
     def check(self) -> list[tuple[str, str]]:

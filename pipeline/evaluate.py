@@ -94,16 +94,16 @@ def world_model_probe(learner, trajectories: list[Trajectory], micro_batch_token
     return out
 
 
-def expert_probe_set(path: Path, tasks, chat, backend, rollout_cfg, sandbox_cfg) -> list[Trajectory]:
-    """The held-out probe trajectories: made once by the scripted expert, then read back."""
+def expert_probe_set(ro, path: Path, tasks) -> list[Trajectory]:
+    """The held-out probe trajectories: made once by the scripted expert through the
+    rollouter ``ro`` (its sandboxes and format), then read back."""
     if path.is_file():
         return load_jsonl(path)
     from pipeline.engines.expert import ExpertEngine
-    from pipeline.rollout.loop import run_rollouts
 
-    engine = ExpertEngine(chat.tok, tasks, chat.stop_token_id)
+    engine = ExpertEngine(ro.tok, tasks, ro.chat.stop_token_id)
     try:
-        trajs = run_rollouts(tasks, engine, backend, chat, rollout_cfg, sandbox_cfg, group_size=1, progress=False)
+        trajs = ro.rollouts(tasks, engine=engine, group_size=1)
     finally:
         engine.close()
     trajs = [t for t in trajs if not t.infra_error]
@@ -114,15 +114,10 @@ def expert_probe_set(path: Path, tasks, chat, backend, rollout_cfg, sandbox_cfg)
     return trajs
 
 
-def eval_rollouts(tasks, engine, backend, chat, rollout_cfg, sandbox_cfg, cfg: EvalConfig, *, step: int):
-    """Sample ``cfg.samples`` episodes per held-out task; returns (metrics, rows, trajectories)."""
-    from dataclasses import replace
-
-    from pipeline.rollout.loop import run_rollouts
-
-    rc = replace(rollout_cfg, temperature=cfg.temperature)
-    trajs = run_rollouts(tasks, engine, backend, chat, rc, sandbox_cfg, group_size=cfg.samples,
-                         step=step, seed=10_000_019 + step, progress=False)  # fmt: skip
+def eval_rollouts(ro, tasks, cfg: EvalConfig, *, step: int):
+    """``cfg.samples`` episodes per held-out task through the rollouter ``ro``; returns
+    (metrics, rows, trajectories)."""
+    trajs = ro.rollouts(tasks, group_size=cfg.samples, step=step, seed=10_000_019 + step, temperature=cfg.temperature)
     metrics, rows = pass_metrics(trajs, cfg.k, {t.task_id: t.family for t in tasks})
     return metrics, rows, trajs
 
@@ -164,11 +159,11 @@ def run_eval_command(cfg, ckpt: str, out: str) -> int:
         metrics, probe = {}, None
         if rank0:
             tasks = TaskSampler(cfg.tasks, out_dir / "tasks", cfg.run.seed).eval_tasks()
-            metrics, rows, _ = ro.evaluate(tasks, cfg.eval, step=0)
+            metrics, rows, _ = eval_rollouts(ro, tasks, cfg.eval, step=0)
             write_table(rows, out_dir / "pass_at_k.md")
             if cfg.eval.probe:
                 path = Path(cfg.eval.probe_set) if cfg.eval.probe_set else out_dir / "probe_expert.jsonl"
-                probe = ro.probe_set(path, tasks)
+                probe = expert_probe_set(ro, path, tasks)
         if cfg.eval.probe:
             metrics.update(world_model_probe(learner, handover(probe), cfg.learner.micro_batch_tokens))
     finally:

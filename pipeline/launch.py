@@ -8,8 +8,11 @@ Where it sits: ``sbatch slurm/echo_14b.sbatch`` → slurm/env.sh → **launch** 
     nodes (scontrol show hostnames $SLURM_JOB_NODELIST)
       ├─ first cluster.learner_nodes: srun torchrun -m pipeline.cli train RECIPE
       │    engine.backend=vllm_server engine.server_urls=[every rollout server]
-      └─ next cluster.rollout_nodes: srun python -m pipeline.engines.serve (vLLM's
-           OpenAI server, cluster.vllm_tensor_parallel GPUs each, with our weight loader)
+      ├─ next cluster.rollout_nodes: srun python -m pipeline.engines.serve (vLLM's
+      │    OpenAI server, cluster.vllm_tensor_parallel GPUs each, with our weight loader)
+      └─ with cluster.sandbox_hosts, on each rollout node too: srun tools/podman_host.sh
+           (a Podman Docker-API service), handed to the learner as sandbox.hosts (a fleet:
+           pipeline/sandbox/fleet.py), reached at cluster.sandbox_url
 
 Trajectories flow to the learner as HTTP responses; weights flow back through the shared
 filesystem (``RUN_DIR/engine_model/stream/v{N}``, loaded by every server through
@@ -52,11 +55,11 @@ from pathlib import Path
 
 @dataclass
 class Step:
-    component: str  # learner | rollout
+    component: str  # learner | rollout | sandbox
     host: str  # the first node it runs on
     argv: list[str]
     log: Path
-    url: str = ""  # rollout: the server's base URL
+    url: str = ""  # rollout: the server's base URL; sandbox: its Docker API URL
 
 
 def node_list() -> list[str]:
@@ -104,6 +107,17 @@ def plan(cfg, recipe: str, overrides: list[str], hosts: list[str], *, job_id: st
                 # the machine: a fixed 1 GiB unless the recipe says otherwise
                 argv += ["--kv-cache-memory-bytes", str(1 << 30)]
             steps.append(Step("rollout", host, argv, logs / f"rollout-{host}-{k}.log", url))
+    extra = []
+    if c.sandbox_hosts:  # a sandbox host (a Podman API service) on every rollout node: the learner's fleet
+        hosts = []
+        for host in rollouts:
+            url = c.sandbox_url.format(node=host, socket=f"/run/echo-rl-hosts/{host}.sock")
+            hosts.append(f"{{url: '{url}', max_concurrent: {c.sandbox_slots}}}")
+            argv = ["srun", "--overlap", "--nodes=1", "--ntasks=1", f"--nodelist={host}", f"--job-name=sandbox-{host}",
+                    f"--output={logs}/sandbox-{host}.log", "--open-mode=append", "bash",
+                    str(Path(__file__).resolve().parents[1] / "tools/podman_host.sh"), host, "--foreground"]  # fmt: skip
+            steps.append(Step("sandbox", host, argv, logs / f"sandbox-{host}.log", url))
+        extra = ["sandbox.backend=docker", "sandbox.hosts=[" + ", ".join(hosts) + "]"]
     server_urls = "engine.server_urls=[" + ",".join(f'"{u}"' for u in urls) + "]"
     learner = ["srun", "--overlap", f"--nodes={len(learners)}", f"--ntasks={len(learners)}", "--ntasks-per-node=1", f"--nodelist={','.join(learners)}",
                "--job-name=learner", f"--output={logs}/learner-%t.log", "--kill-on-bad-exit=1"]  # fmt: skip
@@ -116,7 +130,7 @@ def plan(cfg, recipe: str, overrides: list[str], hosts: list[str], *, job_id: st
     learner += ["bash", "-c", node_rank, "learner"]
     learner += [python, "-m", "torch.distributed.run", f"--nnodes={len(learners)}", f"--nproc-per-node={max(gpus, 1)}",
                 "--rdzv-backend=static", f"--master-addr={learners[0]}", f"--master-port={c.master_port}",
-                "-m", "pipeline.cli", "train", recipe, *overrides, "engine.backend=vllm_server", server_urls]  # fmt: skip
+                "-m", "pipeline.cli", "train", recipe, *overrides, "engine.backend=vllm_server", server_urls, *extra]  # fmt: skip
     if cfg.engine.weight_transport == "dist":  # learner rank 0 (first learner node) hosts the group's rendezvous
         learner.append(f"engine.weight_transfer_address={learners[0]}")
     steps.append(Step("learner", learners[0], learner, logs / "learner-0.log"))
@@ -167,20 +181,24 @@ def run(steps: list[Step], run_dir: Path, *, restarts: int = 0, restart_delay_s:
             for i, p in servers.items():
                 if p.poll() is None:
                     continue
+                what = f"{_NAMES[steps[i].component]} {steps[i].url}"
                 if i not in died:
                     died[i] = time.time()
                     left = f"restarting in {restart_delay_s:g} s ({restarts} restart(s) left)" if restarts else "no restarts left"
-                    print(f"launch: rollout server {steps[i].url} exited with {p.returncode}; {left}", flush=True)
+                    print(f"launch: {what} exited with {p.returncode}; {left}", flush=True)
                 elif restarts and time.time() - died[i] >= restart_delay_s:
                     restarts -= 1
                     del died[i]
                     servers[i] = subprocess.Popen(steps[i].argv)
                     procs.append(servers[i])
-                    print(f"launch: rollout server {steps[i].url} started again (log {steps[i].log})", flush=True)
+                    print(f"launch: {what} started again (log {steps[i].log})", flush=True)
     finally:
         stop()
     print(f"launch: learner exited with {code} after {time.time() - t0:.0f} s; logs in {steps[0].log.parent}", flush=True)
     return code
+
+
+_NAMES = {"rollout": "rollout server", "sandbox": "sandbox host"}
 
 
 def _wait(p: subprocess.Popen, timeout_s: float) -> int | None:

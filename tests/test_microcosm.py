@@ -256,7 +256,7 @@ def test_reference_policies_the_expert_solves_every_maze_the_random_walk_some(tm
 
 def test_config_errors_name_the_key():
     from pipeline.config import ConfigError
-    from pipeline.microcosm import load_microcosm_config
+    from pipeline.microcosm.world import load_microcosm_config
 
     with pytest.raises(ConfigError, match="sup_stpes"):
         load_microcosm_config(str(ROOT / "configs/microcosm/default.yaml"), ["sup_stpes=3"])
@@ -269,8 +269,8 @@ def test_config_errors_name_the_key():
 
 
 def test_feedback_is_in_the_run_cache_keys_and_distance_runs_keep_theirs():
-    from pipeline.microcosm import load_microcosm_config
-    from pipeline.microcosm_arms import _rl_keys, _supervised_keys, supervised_run_dir
+    from pipeline.microcosm.world import load_microcosm_config
+    from pipeline.microcosm.arms import _rl_keys, _supervised_keys, supervised_run_dir
 
     cfg = lambda *o: load_microcosm_config(str(ROOT / "configs/microcosm/original.yaml"), list(o))  # noqa: E731
     dist, cmp = cfg("feedback=distance"), cfg("feedback=compare")

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.microcosm_report import summarize
-from pipeline.microcosm_stats import (
+from pipeline.microcosm.report import summarize
+from pipeline.microcosm.stats import (
     episodes_for_half_width,
     mean_ci,
     paired_diff_ci,

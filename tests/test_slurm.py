@@ -46,6 +46,13 @@ def test_plan_puts_learners_first_and_every_server_in_the_learners_urls():
     lc = load_config(ROOT / "configs/qwen3_14b_echo.yaml", ["engine.backend=vllm_server", urls])
     assert lc.engine.server_urls == [s.url for s in rollouts]
     assert "/logs/42/learner-%t.log" in describe(steps)
+    # sandbox hosts on the rollout nodes: a Podman service each, handed to the learner as its fleet
+    fleet = plan(load_config(ROOT / "configs/qwen3_14b_echo.yaml", ["cluster.sandbox_hosts=true", "cluster.sandbox_slots=16"]),
+                 "r.yaml", [], ["g1", "g2", "g3", "g4"], job_id="7")  # fmt: skip
+    sandboxes = [s for s in fleet if s.component == "sandbox"]
+    assert [s.host for s in sandboxes] == ["g3", "g4"] and all("--foreground" in s.argv for s in sandboxes)
+    lc = load_config(ROOT / "configs/qwen3_14b_echo.yaml", fleet[-1].argv[fleet[-1].argv.index("r.yaml") + 1 :])
+    assert lc.sandbox.hosts == [{"url": "ssh://g3", "max_concurrent": 16}, {"url": "ssh://g4", "max_concurrent": 16}]
     with pytest.raises(SystemExit, match="wants cluster.learner_nodes=2"):
         plan(cfg, "r.yaml", [], ["g1", "g2", "g3"], job_id="1")
     with pytest.raises(ConfigError, match="cluster.vllm_tensor_parallel must divide"):
@@ -223,7 +230,8 @@ def _steps_logged(log: Path) -> int:
 def test_four_node_job_survives_a_lost_rollout_node_and_resumes_after_a_lost_learner_node(tmp_path):
     """``sbatch --nodes=4``: the learner as one torchrun over two nodes (TP=2 across them,
     gloo), one vLLM CPU server on each of two rollout nodes (each bound to its node's
-    loopback address), weights to both over one process group every step. The rollout node
+    loopback address), weights to both over one process group every step, and on each
+    rollout node a Podman API service: the episodes' sandboxes, a fleet. The rollout node
     echo-node4 is lost after its second step: its episodes move to echo-node3, the group is
     rebuilt without it, ``rollout/servers_alive`` drops to 1; launch.py starts the server
     again and the engine re-admits it at the next update, holding that version (the
@@ -241,7 +249,9 @@ def test_four_node_job_survives_a_lost_rollout_node_and_resumes_after_a_lost_lea
     run_dir.mkdir()
     four = ["cluster.learner_nodes=2", "cluster.rollout_nodes=2", "parallel.tensor=2", f"run.steps={CLUSTER_STEPS}",
             "rollout.max_staleness=0", "engine.weight_transport=dist", "engine.weight_transfer_timeout_s=120",
-            "cluster.server_restart_delay_s=2", "eval.every=0", "run.max_infra_error_frac=0.5"]  # fmt: skip
+            "cluster.server_restart_delay_s=2", "eval.every=0", "run.max_infra_error_frac=0.5",
+            "cluster.sandbox_hosts=true", "cluster.sandbox_url=unix://{socket}", "cluster.sandbox_slots=4",
+            "sandbox.host_probe_s=2"]  # fmt: skip
     job = _sbatch(run_dir, four, nodes=4)
     learner_log = lambda j: run_dir / "logs" / j / "learner-0.log"  # noqa: E731 - global rank 0, on echo-node1
     ended = lambda j: _state(j) in ("COMPLETED", "FAILED", "CANCELLED", "GONE")  # noqa: E731
@@ -272,6 +282,10 @@ def test_four_node_job_survives_a_lost_rollout_node_and_resumes_after_a_lost_lea
     assert fail_s < 120, f"the job took {fail_s:.0f} s to fail after losing a learner node"
     # the lost rollout node: dropped, its server started again on it, re-admitted at a new version
     assert "launch: rollout server http://echo-node4:8100 exited" in out1 and "started again" in out1, out1[-3000:]
+    # its sandbox host went with it: marked down, started again, back in the fleet
+    sock4 = "unix:///run/echo-rl-hosts/echo-node4.sock"
+    assert f"launch: sandbox host {sock4} exited" in out1
+    assert f"sandbox fleet: host {sock4} is down" in log1 and f"sandbox fleet: host {sock4} is back" in log1
     assert "dropping http://echo-node4:8100" in log1 and readmitted in log1
     assert "through the filesystem" not in log1  # every version went over the (rebuilt) group
     resumed_at = int((run_dir / "ckpt" / "latest").read_text().strip()[-6:])
@@ -287,12 +301,18 @@ def test_four_node_job_survives_a_lost_rollout_node_and_resumes_after_a_lost_lea
     assert [s for s, _ in history("loss")] == list(range(CLUSTER_STEPS))  # every step once, one MLflow run
     alive = [v for _, v in history("rollout/servers_alive")]
     assert alive[0] == 2 and min(alive) == 1 and alive[-1] == 2, alive  # lost, then back
+    # (its sandbox host restarts in seconds: back before the step's gauge is read, as a rule)
+    hosts = [v for _, v in history("sandbox/hosts_alive")]
+    assert hosts[0] == 2 and hosts[-1] == 2, hosts
     gaps = history("logprob_abs_gap")
     assert [s for s, _ in gaps] == list(range(CLUSTER_STEPS)) and all(v < 1e-4 for _, v in gaps), gaps
     trajs = [t for p in sorted((run_dir / "trajectories").glob("step_*.jsonl")) for t in load_jsonl(p)]
+    assert {t.metadata["sandbox_host"] for t in trajs} == {sock4, "unix:///run/echo-rl-hosts/echo-node3.sock"}
     # in-flight requests of the lost server moved to the live one: no episode was lost with it
     # (one that were would be infra_error, which no loss sees: never a reward-0 sample)
     assert len(trajs) == CLUSTER_STEPS * 4 and not [t.task_id for t in trajs if t.infra_error]
+    print(json.dumps({"fail_s": round(fail_s), "servers_alive": alive, "hosts_alive": hosts,
+                      "moved": sum(bool(t.metadata.get("infra_lost_on")) for t in trajs)}))
 
 
 def test_scaling_plan_counts_the_published_parameters_and_prints_every_section():

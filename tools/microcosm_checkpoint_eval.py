@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.microcosm import Agent, World, load_microcosm_config  # noqa: E402
-from pipeline.microcosm_arms import supervised_run_dir  # noqa: E402
+from pipeline.microcosm.world import Agent, World, load_microcosm_config  # noqa: E402
+from pipeline.microcosm.arms import supervised_run_dir  # noqa: E402
 
 
 def main() -> int:

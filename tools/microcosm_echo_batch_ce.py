@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.microcosm import Agent, World, load_microcosm_config  # noqa: E402
-from pipeline.microcosm_arms import warm_start  # noqa: E402
+from pipeline.microcosm.world import Agent, World, load_microcosm_config  # noqa: E402
+from pipeline.microcosm.arms import warm_start  # noqa: E402
 
 
 def main() -> int:

@@ -10,7 +10,8 @@ Contract (the filesystem transport's): buckets come straight from the learner's 
 (memory bounded by one packed bucket); a version is reported only after every server of
 the group finished it (its workers verified the stream's checksum); a server that does not
 answer is dropped, never waited for. The group holds the engine's ``targets()`` (live
-servers and those coming back); when they change, the next version forms a new group. A transfer that fails or stalls (every collective and request
+servers and those coming back); once any server left or joined (the engine's ``epoch``;
+one that left and came back is a new process), the next version forms a new group. A transfer that fails or stalls (every collective and request
 has ``timeout_s``) raises ``TransferFailed`` naming the server; the group is then shut
 down on every side and a fresh one (a new store prefix) is formed for the next version.
 """
@@ -109,13 +110,13 @@ class DistTransport:
         self.client = ServersClient(engine, timeout_s)
         self._groups = itertools.count()
         self.sender = None
-        self.members: list[str] = []  # the servers of the current group
+        self.epoch = -1  # the engine's membership epoch the current group was formed in
         self._lock = threading.Lock()
 
     def _connect(self):
         from pipeline.engines.gloo_transfer import GlooTrainerInitInfo, GlooTrainerWeightTransferEngine
 
-        self.members = self.engine.targets()
+        self.epoch = self.engine.epoch
         info = GlooTrainerInitInfo(rank=0, master_address=self.address, master_port=self.port,
                                    world_sizes=self.client.world_sizes(), group=f"g{next(self._groups)}",
                                    timeout_s=self.timeout_s)  # fmt: skip
@@ -128,8 +129,8 @@ class DistTransport:
         it = iter(buckets)
         with self._lock:
             try:
-                if self.sender is not None and self.members != self.engine.targets():
-                    self.client.shutdown()  # a server left or joins: a new group of the current ones
+                if self.sender is not None and self.epoch != self.engine.epoch:
+                    self.client.shutdown()  # a server left or joined since: a new group of the current ones
                     self.sender = None
                 if self.sender is None:
                     self.sender = self._connect()

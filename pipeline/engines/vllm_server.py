@@ -56,6 +56,7 @@ class VLLMServerEngine(Engine):
         self.urls = [u.rstrip("/") for u in urls]
         self.live = list(self.urls)
         self.joining: list[str] = []  # dropped servers answering again: they join the next update
+        self.epoch = 0  # bumped whenever a server leaves or joins (a weight group of another epoch is stale)
         self._lock = threading.Lock()
         self.weights_dir = Path(weights_dir)
         self.timeout_s = timeout_s
@@ -105,6 +106,7 @@ class VLLMServerEngine(Engine):
             if url in self.live:
                 self.live.remove(url)
                 print(f"vllm_server: dropping {url} ({why}); {len(self.live)} server(s) left", flush=True)
+            self.epoch += 1
 
     def targets(self) -> list[str]:
         """The servers the next weight update goes to: the live ones and those joining."""
@@ -120,6 +122,7 @@ class VLLMServerEngine(Engine):
                 continue
             with self._lock:
                 self.joining.append(url)
+                self.epoch += 1
 
     def _admit(self, version: int) -> None:
         """Servers that joined this update now hold ``version``: they serve again."""

@@ -230,8 +230,10 @@ def run_rollouts(tasks: list[Task], engine: Engine, backend: SandboxBackend, cha
     jobs = [(t, f"s{step}-t{i}", i * G + g) for i, t in enumerate(tasks) for g in range(G)]
     import sys
 
-    bar = tqdm(total=len(jobs), desc=f"rollout step {step}", unit="ep", disable=not progress, leave=False,
-               mininterval=0.1 if sys.stderr.isatty() else 30.0)  # fmt: skip
+    # a live bar in a terminal; in a log (not a tty) none: it would stay at 0/N, and the
+    # step's own line says how the batch went
+    bar = tqdm(total=len(jobs), desc=f"rollout step {step}", unit="ep", leave=False, mininterval=0.1,
+               disable=not (progress and sys.stderr.isatty()))  # fmt: skip
 
     def one(job):
         task, gid, k = job

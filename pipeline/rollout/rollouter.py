@@ -4,12 +4,12 @@ training, ``echo-rl eval``, the warm start and the microcosm set it up one way.
 
 Where it sits: main / evaluate / warmstart / microcosm → **Rollouter** →
 ``run_rollouts`` (agent loop, sandboxes, verifier) → trajectories; and learner →
-``Rollouter.update_weights`` → engine.
+``Rollouter.update_weights`` → engine. Evaluation (``pipeline/evaluate.py``) drives a
+Rollouter; nothing here imports it back.
 
     ro = Rollouter.from_config(cfg, engine_dir)          # rank 0 of a training run
     trajs = ro.train_batch(tasks, step, seed)
-    metrics, rows, trajs = ro.evaluate(tasks, cfg.eval, step)
-    probe = ro.probe_set(path, tasks)
+    trajs = ro.rollouts(tasks, group_size=8, temperature=0.6, engine=other)
     ro.update_weights(learner)                            # every learner rank calls it
     staged = ro.stage_weights(learner)                    # asynchronous runs (rollout/producer.py)
 """
@@ -63,19 +63,6 @@ class Rollouter:
     def train_batch(self, tasks, step: int, seed: int):
         """A training step's groups (``rollout.group_size`` episodes per task)."""
         return self.rollouts(tasks, step=step, seed=seed, progress=True)
-
-    def evaluate(self, tasks, eval_cfg, step: int):
-        """pass@k on held-out tasks: (metrics, per-task rows, trajectories)."""
-        from pipeline.evaluate import eval_rollouts
-
-        return eval_rollouts(tasks, self.engine, self.backend, self.chat, self.rollout_cfg, self.sandbox_cfg, eval_cfg,
-                             step=step)  # fmt: skip
-
-    def probe_set(self, path: Path, tasks):
-        """The world-model probe's expert trajectories (cached at ``path``)."""
-        from pipeline.evaluate import expert_probe_set
-
-        return expert_probe_set(path, tasks, self.chat, self.backend, self.rollout_cfg, self.sandbox_cfg)
 
     def update_weights(self, learner) -> None:
         """The learner's weights to the engine (every learner rank calls it; rank 0 holds

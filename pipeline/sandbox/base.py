@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.sandbox.errors import SandboxError
+
 
 @dataclass
 class SandboxConfig:
@@ -37,6 +39,7 @@ class SandboxConfig:
     verifier_network: str = "task"  # the verifier phase's: none | task (TB2's test.sh installs its tools from the internet)
     hosts: list = field(default_factory=list)  # docker: a fleet of Docker API hosts (pipeline/sandbox/fleet.py): URLs or {url, max_concurrent, tls_ca, tls_cert, tls_key}; [] = DOCKER_HOST alone
     host_probe_s: float = 10.0  # a down host is pinged again at most this often
+    host_wait_s: float = 300.0  # at start, how long to wait for the first host of the fleet to answer
 
     def __post_init__(self):
         if self.profile == "harbor":  # Harbor's semantics: a root agent, verified in its own container, its
@@ -61,7 +64,7 @@ class SandboxConfig:
         if self.timeout_s <= 0:
             errs.append(("timeout_s", f"must be > 0, got {self.timeout_s}"))
         if self.hosts:
-            from pipeline.sandbox.fleet import check_hosts
+            from pipeline.sandbox.hosts import check_hosts
 
             errs += check_hosts(self.hosts)
             if self.backend != "docker":
@@ -124,10 +127,6 @@ def join_lines(parts: list[tuple[str, str]]) -> list[tuple[str, str]]:
             text += "\n"
         out.append((text, kind))
     return out
-
-
-class SandboxError(RuntimeError):
-    """The sandbox itself failed (not the command): the episode is an infrastructure error."""
 
 
 # The verifier's process environment: system directories first on PATH, no user site.

@@ -38,7 +38,11 @@ import shlex
 import tarfile
 from typing import BinaryIO, Iterable
 
-from pipeline.sandbox.base import SandboxError
+from pipeline.sandbox.errors import SandboxError
+
+# where a docker sandbox's exec writes a command's output: the agent's and the verifier's
+# own tmpfs, root's (0700), so neither phase reads or floods the other's
+OUT, OUTV = "/run/echo-rl-out", "/run/echo-rl-vout"
 
 # The verifier's ground: laid anew by the harness right before the tests run.
 GROUND = ("/tests", "/logs/verifier", "/solution")

@@ -14,10 +14,13 @@ import tarfile
 import tempfile
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.sandbox.base import SandboxError
-from pipeline.sandbox.boundary import MAX_DEPTH, MAX_ENTRIES, SCRATCH, TreeRefused, crosses, filter_tar, top_paths
-from pipeline.sandbox.docker import OUTV, DockerSandbox
+from pipeline.sandbox.boundary import MAX_DEPTH, MAX_ENTRIES, OUTV, SCRATCH, TreeRefused, crosses, filter_tar, top_paths
+
+if TYPE_CHECKING:  # (types only: docker_sandbox calls this module)
+    from pipeline.sandbox.docker_sandbox import DockerSandbox
 
 
 READ_TIMEOUT_S = 20.0  # the engine sends nothing for this long: the archive is abandoned

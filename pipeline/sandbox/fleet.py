@@ -28,49 +28,10 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 from pipeline.sandbox.base import Sandbox, SandboxBackend, SandboxConfig, SandboxError
-
-
-@dataclass
-class HostSpec:
-    url: str  # unix:///run/podman/podman.sock | ssh://user@node | tcp://node:2376 (with tls_*)
-    max_concurrent: int = 8  # episodes at once on this host
-    tls_ca: str = ""  # tcp://: the CA that signed the daemon's certificate
-    tls_cert: str = ""  # tcp://: this client's certificate and key
-    tls_key: str = ""
-
-
-def host_specs(hosts: list) -> list[HostSpec]:
-    """``sandbox.hosts`` entries (a URL, or a mapping of HostSpec's fields) as HostSpecs."""
-    out = []
-    for h in hosts:
-        out.append(HostSpec(url=h) if isinstance(h, str) else HostSpec(**dict(h)))
-    return out
-
-
-def check_hosts(hosts: list) -> list[tuple[str, str]]:
-    """Config errors of ``sandbox.hosts`` as (key, message)."""
-    try:
-        specs = host_specs(hosts)
-    except TypeError as e:
-        return [("hosts", f"each entry is a URL or a mapping of url, max_concurrent, tls_ca, tls_cert, tls_key ({e})")]
-    errs = []
-    for i, h in enumerate(specs):
-        scheme = urlparse(h.url).scheme
-        if scheme not in ("unix", "ssh", "tcp"):
-            errs.append((f"hosts[{i}].url", f"must be unix://, ssh:// or tcp:// (with TLS), got {h.url!r}"))
-        elif scheme == "tcp" and not (h.tls_ca and h.tls_cert and h.tls_key):
-            errs.append((f"hosts[{i}].url", f"{h.url} is TCP without TLS: anyone who reaches it runs containers as "
-                         "root; give tls_ca, tls_cert and tls_key, or use ssh://"))  # fmt: skip
-        if h.max_concurrent < 1:
-            errs.append((f"hosts[{i}].max_concurrent", f"must be ≥ 1, got {h.max_concurrent}"))
-    if len({h.url for h in specs}) < len(specs):
-        errs.append(("hosts", "a host is listed twice"))
-    return errs
+from pipeline.sandbox.hosts import HostSpec, host_specs, tls_config
 
 
 class _Host:
@@ -90,10 +51,20 @@ class SandboxFleet(SandboxBackend):
         self.hosts = [_Host(s) for s in host_specs(cfg.hosts)]
         self._cond = threading.Condition()
         self._local = threading.local()  # the host of the episode this thread runs
-        for h in self.hosts:
-            self._connect(h)
+        deadline = time.monotonic() + cfg.host_wait_s
+        while True:  # hosts started beside the learner (pipeline.launch) may still be coming up
+            for h in self.hosts:
+                if h.backend is None:
+                    self._connect(h)
+            if any(h.backend for h in self.hosts) or time.monotonic() >= deadline:
+                break
+            time.sleep(2)
         if not any(h.backend for h in self.hosts):
-            raise SandboxError("no sandbox host answers: " + "; ".join(f"{h.spec.url}: {h.down_why}" for h in self.hosts))
+            raise SandboxError(f"no sandbox host answered within sandbox.host_wait_s={cfg.host_wait_s:g} s: "
+                               + "; ".join(f"{h.spec.url}: {h.down_why}" for h in self.hosts))  # fmt: skip
+        down = [h.spec.url for h in self.hosts if h.backend is None]
+        if down:
+            print(f"sandbox fleet: {len(self.hosts) - len(down)} of {len(self.hosts)} hosts up; probing {down}", flush=True)
 
     # -- hosts ---------------------------------------------------------------------------
     def _connect(self, h: _Host) -> bool:
@@ -101,7 +72,7 @@ class SandboxFleet(SandboxBackend):
 
         h.probed = time.monotonic()
         try:
-            backend = DockerBackend(self.cfg, base_url=h.spec.url, tls=_tls(h.spec))
+            backend = DockerBackend(self.cfg, base_url=h.spec.url, tls=tls_config(h.spec))
         except SandboxError as e:
             h.down_why = str(e)[:300]
             return False
@@ -109,7 +80,7 @@ class SandboxFleet(SandboxBackend):
             h.backend, h.down_why = backend, ""
             lost, h.lost = h.lost, []
             self._cond.notify_all()
-        from pipeline.sandbox.docker import _discard
+        from pipeline.sandbox.docker_sandbox import _discard
 
         _discard(lost)  # what its lost episodes left, now that it answers again
         return True
@@ -230,11 +201,3 @@ class SandboxFleet(SandboxBackend):
     @property
     def builds(self) -> int:
         return sum(h.backend.builds for h in self.hosts if h.backend is not None)
-
-
-def _tls(spec: HostSpec):
-    if not spec.url.startswith("tcp://"):
-        return None
-    from docker.tls import TLSConfig
-
-    return TLSConfig(client_cert=(spec.tls_cert, spec.tls_key), ca_cert=spec.tls_ca, verify=True)

@@ -32,7 +32,7 @@ def main() -> None:
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from pipeline.engines.hf import HFEngine
-    from pipeline.microcosm import World, load_microcosm_config
+    from pipeline.microcosm.world import World, load_microcosm_config
     from pipeline.trajectory import Role
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-mc-"))

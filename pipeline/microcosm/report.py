@@ -1,9 +1,9 @@
 """The microcosm's report: tables with 95% intervals, detected / not detected verdicts, curve
 plots with interval bands, and the interval rows of ``curves.csv``.
 
-Where it sits: ``pipeline/microcosm.py`` runs the arms → curve rows (``CURVE_FIELDS``, one
+Where it sits: ``pipeline/microcosm/run.py`` runs the arms → curve rows (``CURVE_FIELDS``, one
 per arm × seed × evaluated step, with each evaluation maze's solve fraction in ``per_maze``)
-→ **summarize / plot / interval_rows** (statistics: ``pipeline/microcosm_stats.py``) →
+→ **summarize / plot / interval_rows** (statistics: ``pipeline/microcosm/stats.py``) →
 ``summary.md``, ``curves.png``, ``curves.csv``.
 
 Solve rates are resampled over seeds × evaluation mazes, paired across arms (the same mazes
@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.microcosm_stats import mean_ci, paired_diff_ci, predicted_half_width, steps_to_reach_ci
+from pipeline.microcosm.stats import mean_ci, paired_diff_ci, predicted_half_width, steps_to_reach_ci
 
 if TYPE_CHECKING:
-    from pipeline.microcosm import MicrocosmConfig
+    from pipeline.microcosm.world import MicrocosmConfig
 
 CI_NOTE = "95% CI: paired bootstrap over seeds × evaluation mazes"
 

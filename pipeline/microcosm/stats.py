@@ -1,8 +1,8 @@
 """The microcosm's statistics: paired bootstrap intervals over seeds × evaluation mazes.
 
-Where it sits: ``pipeline/microcosm.py`` evaluates every arm on the same mazes per seed and
+Where it sits: ``pipeline/microcosm/run.py`` evaluates every arm on the same mazes per seed and
 keeps each maze's solve fraction (``per_maze`` in the curve rows) → **these functions** →
-``pipeline/microcosm_report.py`` (tables, the detected / not detected verdicts, the plot's
+``pipeline/microcosm/report.py`` (tables, the detected / not detected verdicts, the plot's
 bands, ``curves.csv``'s interval columns).
 
 The unit of resampling is the pair (seed, evaluation maze): the seeds are resampled with

@@ -1,7 +1,7 @@
 """The microcosm's arms: what one seed of each experiment trains and evaluates.
 
-Where it sits: ``pipeline/microcosm.py`` (config, ``World``, ``Agent``, the experiment
-driver) → **these arms** → curve rows (``CURVE_FIELDS``) → ``pipeline/microcosm_report.py``.
+Where it sits: ``pipeline/microcosm/world.py`` (config, ``World``, ``Agent``; ``run.py`` the experiment
+driver) → **these arms** → curve rows (``CURVE_FIELDS``) → ``pipeline/microcosm/report.py``.
 Each arm's run is cached under ``OUT/runs/<arm>-seed<k>-<hash>``: ``curve.csv`` is written
 last, so its presence means the run finished.
 """
@@ -15,7 +15,7 @@ import random
 import time
 from pathlib import Path
 
-from pipeline.microcosm import CURVE_FIELDS, Agent, MicrocosmConfig, World
+from pipeline.microcosm.world import CURVE_FIELDS, Agent, MicrocosmConfig, World
 
 
 def _row(experiment, arm, seed, step, ev, train=None, t0=0.0) -> dict:
