@@ -163,3 +163,32 @@ def test_training_with_two_hosts_finishes_every_step_when_one_is_stopped_after_t
     moved = [t for t in later if t.metadata.get("infra_lost_on")]
     assert all(t.metadata["infra_lost_on"] == [b] and t.metadata["attempts"] == 2 for t in moved)
     print(json.dumps({"episodes_moved_off_the_lost_host": len(moved)}))
+
+
+FLEET_ATTACKS = ("prewrite_reward", "background_rewriter", "answer_links_to_ground", "leftover_ground_reader",
+                 "replace_system_binaries", "pytest_conftest_pass")  # fmt: skip
+
+
+def test_reward_integrity_holds_on_every_host_of_a_fleet(hosts, tmp_path):
+    """The hardened verifier phase is the docker backend's on whichever host an episode
+    lands: kinds of attack score 0 (not infra_error) on both hosts; the reference solution
+    scores 1 and a no-op 0 on both (the positive control of the same path)."""
+    from pipeline.rollout.chat import ChatFormat, load_tokenizer
+    from pipeline.sandbox.fleet import SandboxFleet
+    from pipeline.tasks import load_task
+    from pipeline.tasks.attacks import BY_NAME
+    from pipeline.tasks.generator import generate
+    from tests.test_reward_integrity import _episode
+
+    chat = ChatFormat(load_tokenizer(ROOT / "configs/tokenizer/tiny"))
+    a, b = hosts
+    tmp_path.chmod(0o755)
+    task = load_task(generate(["text_replace"], 1, tmp_path, seed=5)[0])
+    for url in (a, b):  # one host per fleet of one, so each attack surely runs on each
+        fleet = SandboxFleet(SandboxConfig(backend="docker", hosts=[url]))
+        good = _episode(task, [task.solution], fleet, chat)
+        assert (good.infra_error, good.reward, good.metadata["sandbox_host"]) == (False, 1.0, url), good.metadata
+        assert _episode(task, ["true"], fleet, chat).reward == 0.0
+        for name in FLEET_ATTACKS:
+            traj = _episode(task, ["ls -la /app /logs /tests", BY_NAME[name].command], fleet, chat)
+            assert not traj.infra_error and traj.reward == 0.0, (url, name, traj.metadata.get("infra_error"), traj.reward)
