@@ -11,6 +11,7 @@
     echo-rl tasks generate --families all --n 4 --out DIR  # built-in task families → Harbor dirs
     echo-rl tasks check DIR... [--backend docker] [--jobs N] [--json OUT]  # oracle: no-op 0, solution 1
     echo-rl tasks audit DIR... [--backend docker] [--jobs N] [--json OUT]  # generic reward attacks
+    echo-rl tasks prepare DIR... --wheelhouse W [--download]  # offline-ready images (verifier tools baked in)
     echo-rl microcosm rl [--config configs/microcosm/smoke.yaml]  # the maze microcosm (pipeline/microcosm/)
 """
 
@@ -71,11 +72,17 @@ def main(argv: list[str] | None = None) -> int:
         tp.add_argument("--backend")
         tp.add_argument("--jobs", type=int, default=1)
         tp.add_argument("--json")
+    tasks_sub.add_parser("prepare", help="offline-ready task images: the verifier's tools baked in (pipeline/tasks/prepare.py)",
+                         add_help=False)  # fmt: skip
     argv = sys.argv[1:] if argv is None else argv
     if argv[:2] in (["tasks", "check"], ["tasks", "audit"]):
         from pipeline.tasks.check import main as check_main
 
         return check_main(argv[1:])
+    if argv[:2] == ["tasks", "prepare"]:
+        from pipeline.tasks.prepare import main as prepare_main
+
+        return prepare_main(argv[2:])
     if argv[:1] == ["tasks"]:
         from pipeline.tasks.generator import FAMILIES, generate
 

@@ -49,8 +49,10 @@ GROUND = ("/tests", "/logs/verifier", "/solution")
 # Scratch dirs: the verifier's are fresh (tmpfs), nothing of the agent's crosses.
 SCRATCH = ("/tmp", "/var/tmp", "/dev/shm", "/run", "/proc", "/sys", "/dev")
 # Where the verifier's programs and their configuration come from: the task's image only.
+# (/root/.local/bin: where uv's installer puts uv, and a prepared image its toolchain, which
+# test.sh puts first on PATH: nothing the agent leaves there runs as the verifier)
 TOOLCHAIN = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/usr", "/etc", "/boot", "/opt", "/var/lib",
-             "/var/cache")  # fmt: skip
+             "/var/cache", "/root/.local/bin")  # fmt: skip
 # /tests: root's alone while the verifier runs (code of the agent that a check runs cannot read it).
 TESTS_MODE = 0o700
 # What of TOOLCHAIN crosses all the same: accounts and the configuration of services a task

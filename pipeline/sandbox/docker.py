@@ -41,7 +41,7 @@ from pathlib import Path
 
 from pipeline.sandbox import boundary
 from pipeline.sandbox.base import SandboxBackend, SandboxConfig, SandboxError, phase_networks
-from pipeline.sandbox.docker_images import DockerImages, _tree
+from pipeline.sandbox.docker_images import PREP, DockerImages, _tree
 from pipeline.sandbox.docker_sandbox import (AGENT_HOME, AGENT_NAME, AGENT_UID, HOST, KEEPER, OUT, OUTV, OWNER,
                                              PUBLIC_NET, DockerSandbox, _discard)  # noqa: F401 - the backend's names
 
@@ -102,6 +102,7 @@ class DockerBackend(DockerImages, SandboxBackend):
                             env=image_env, networks=nets, side=side, network=network)  # fmt: skip
         box.net_now = "public" if net_kw.get("network") == PUBLIC_NET else "none"
         box.spec, box.own_user = spec, cfg.agent_user == "task" and task is not None and task.agent_user not in ("", "root", "0")
+        box.prepared = image.endswith(PREP)  # its oracle passed offline: install noise is not "needs the network"
         try:
             box._switch_network(box.agent_net)  # before any command of the agent's
             if box.own_user:  # the task's [agent] user: its image's account, its image's ownership
@@ -196,9 +197,11 @@ class DockerBackend(DockerImages, SandboxBackend):
             network = self.client.networks.create(name, internal=True, labels=labels)
         except Exception as e:
             raise SandboxError(f"task {task.task_id}: creating its service network failed: {e}") from e
-        side = []
+        side, started = [], {}
         try:
-            for svc in task.services.values():
+            for svc in _in_order(task):
+                for dep, cond in svc.depends_on.items():  # compose: its dependencies first, up to their condition
+                    _wait_for(started[dep], task.services[dep], cond, task.task_id)
                 if svc.dockerfile is not None:
                     image = self._build(svc.dockerfile, svc.dockerfile.parent, task.task_id, task.build_timeout_s)
                 else:
@@ -210,6 +213,9 @@ class DockerBackend(DockerImages, SandboxBackend):
                     pids_limit=self.cfg.pids, network=name,
                     networking_config={name: self.client.api.create_endpoint_config(aliases=[svc.name])}, **kw,
                 ))  # fmt: skip
+                started[svc.name] = side[-1]
+            for dep, cond in task.service_deps.items():  # the agent's container starts once they are ready
+                _wait_for(started[dep], task.services[dep], cond, task.task_id)
         except Exception as e:
             _discard(side, network)
             if isinstance(e, SandboxError):
@@ -248,3 +254,61 @@ class DockerBackend(DockerImages, SandboxBackend):
                 except Exception:
                     pass
         return reaped
+
+
+def _in_order(task) -> list:
+    """The task's services, each after what it depends on (a cycle is the task's error)."""
+    out, state = [], {}
+
+    def visit(name: str) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "visiting":
+            raise SandboxError(f"task {task.task_id}: its compose services depend on each other in a circle ({name})")
+        state[name] = "visiting"
+        for dep in task.services[name].depends_on:
+            visit(dep)
+        state[name] = "done"
+        out.append(task.services[name])
+
+    for name in task.services:
+        visit(name)
+    return out
+
+
+def _wait_for(container, svc, condition: str, task_id: str) -> None:
+    """Compose's ``depends_on`` conditions: started (now), healthy (its healthcheck, run here
+    by exec: engines without systemd never run it themselves), completed successfully. A
+    service that never gets there is the infrastructure's failure, with its log."""
+    if condition == "service_started":
+        return
+    deadline = time.monotonic() + svc.health_start_s + max(svc.health_retries, 1) * (svc.health_interval_s + svc.health_timeout_s)
+    if condition == "service_healthy" and svc.healthcheck is None:
+        raise SandboxError(f"task {task_id}: service {svc.name} is waited for as healthy but has no healthcheck")
+    while time.monotonic() < deadline:
+        try:
+            container.reload()
+        except Exception as e:  # noqa: BLE001
+            raise SandboxError(f"task {task_id}: service {svc.name} vanished: {e}") from e
+        status = container.status
+        if condition == "service_completed_successfully" and status == "exited":
+            code = (container.attrs.get("State") or {}).get("ExitCode")
+            if code == 0:
+                return
+            break
+        if status in ("exited", "dead"):
+            break
+        if condition == "service_healthy" and status == "running":
+            try:
+                if container.exec_run(svc.healthcheck, user="0").exit_code == 0:
+                    return
+            except Exception:  # noqa: BLE001 - not ready to run it yet
+                pass
+        time.sleep(0.5)
+    try:
+        log = container.logs(tail=20).decode(errors="replace").strip()
+    except Exception:  # noqa: BLE001
+        log = ""
+    what = {"service_healthy": "healthy", "service_completed_successfully": "completed successfully"}[condition]
+    raise SandboxError(f"task {task_id}: service {svc.name} never became {what} (state {container.status}); "
+                       f"its log: {log[-1500:] or '(empty)'}")  # fmt: skip

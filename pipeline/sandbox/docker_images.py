@@ -14,6 +14,15 @@ from pathlib import Path
 from pipeline.sandbox.base import SandboxError
 
 
+PREP = "-prep"  # the suffix of a task image's offline-ready twin (pipeline/tasks/prepare.py)
+
+
+def prepared_tag(image: str) -> str:
+    """The prepared image's name for a task image ``repo[:tag]``."""
+    repo, sep, tag = image.rpartition(":") if ":" in image.rsplit("/", 1)[-1] else (image, ":", "latest")
+    return f"{repo}{sep}{tag}{PREP}"
+
+
 def _tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -72,11 +81,22 @@ class DockerImages:
         self.builds += 1
         return tag
 
-    def task_image(self, task_dir: Path, task=None) -> str:
+    def task_image(self, task_dir: Path, task=None, *, prepared: bool = True) -> str:
+        """The task's image; with ``prepared``, its offline-ready one where ``echo-rl tasks
+        prepare`` made it (``pipeline/tasks/prepare.py``)."""
         task_id = task.task_id if task is not None else task_dir.name
         if task is not None and task.image:
-            return self.resolve_image(task.image, task_id, "docker_image")
-        dockerfile = task.dockerfile if task is not None else task_dir / "environment" / "Dockerfile"
-        if dockerfile is None or not dockerfile.is_file():
-            return self.image
-        return self._build(dockerfile, dockerfile.parent, task_id, task.build_timeout_s if task else 600)
+            image = self.resolve_image(task.image, task_id, "docker_image")
+        else:
+            dockerfile = task.dockerfile if task is not None else task_dir / "environment" / "Dockerfile"
+            if dockerfile is None or not dockerfile.is_file():
+                image = self.image
+            else:
+                image = self._build(dockerfile, dockerfile.parent, task_id, task.build_timeout_s if task else 600)
+        if prepared and task is not None:
+            try:
+                self.client.images.get(prepared_tag(image))
+                return prepared_tag(image)
+            except Exception:  # noqa: BLE001 - not prepared: the task's own image
+                pass
+        return image

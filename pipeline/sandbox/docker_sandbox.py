@@ -78,6 +78,7 @@ class DockerSandbox(Sandbox):
         self.side, self.network = side or [], network  # compose services beside it, their internal network
         self.on_close: list = []  # called once it is gone (a fleet frees its host's slot)
         self.host_lost = False
+        self.prepared = False  # its image is a task's offline-ready one (pipeline/tasks/prepare.py)
 
     def _switch_network(self, want: str) -> None:
         if want == self.net_now:

@@ -180,9 +180,9 @@ class SandboxFleet(SandboxBackend):
             raise SandboxError(f"the host of episode {episode} is down")
         return h.backend.verifier_sandbox(box, task, episode=episode)
 
-    def task_image(self, task_dir: Path, task=None) -> str:
+    def task_image(self, task_dir: Path, task=None, **kw) -> str:
         """Build (or find) the task's image on every up host; its name on the first."""
-        names = [h.backend.task_image(task_dir, task) for h in self.hosts if h.backend is not None]
+        names = [h.backend.task_image(task_dir, task, **kw) for h in self.hosts if h.backend is not None]
         if not names:
             raise SandboxError("no sandbox host is up")
         return names[0]

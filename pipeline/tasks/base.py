@@ -33,6 +33,12 @@ class Service:
     entrypoint: list[str] | None = None
     env: dict[str, str] = field(default_factory=dict)
     workdir: str = ""
+    depends_on: dict[str, str] = field(default_factory=dict)  # service → service_started | service_healthy | service_completed_successfully
+    healthcheck: list[str] | None = None  # argv run in the service (compose CMD / CMD-SHELL), None: none
+    health_interval_s: float = 30.0  # compose healthcheck interval, timeout, retries, start_period
+    health_timeout_s: float = 30.0
+    health_retries: int = 3
+    health_start_s: float = 0.0
 
 
 @dataclass
@@ -64,6 +70,7 @@ class Task:
     network: str = "none"  # what the task declares: none | public | allowlist
     allowed_hosts: list[str] = field(default_factory=list)
     services: dict[str, "Service"] = field(default_factory=dict)  # docker-compose services beside the agent's
+    service_deps: dict[str, str] = field(default_factory=dict)  # the agent's service's depends_on (name → condition)
     extra: dict = field(default_factory=dict)  # task.toml / task.yaml fields kept but not used
 
 

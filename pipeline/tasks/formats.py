@@ -226,6 +226,14 @@ def _apply_compose(task: Task, service_names: tuple[str, ...]) -> Task:
     sub = lambda v: _VAR.sub(lambda m: subst.get(m.group(1), os.environ.get(m.group(1), m.group(2) or "")), str(v))  # noqa: E731
     specs = {str(n): _compose_service(path, str(n), svc or {}, sub, main=n == name) for n, svc in services.items()}
     main = specs.pop(name)
+    for svc in specs.values():  # a dependency that is not a service of this file (or is the agent's) is an error
+        missing = [d for d in svc.depends_on if d not in specs]
+        if missing:
+            raise TaskFormatError(f"{path}: service {svc.name} depends on {missing}, not services beside the agent's")
+    missing = [d for d in main.depends_on if d not in specs]
+    if missing:
+        raise TaskFormatError(f"{path}: service {name} depends on {missing}, which this file does not define")
+    task.service_deps = dict(main.depends_on)
     if main.image or main.dockerfile:
         task.image, task.dockerfile = main.image, main.dockerfile
     task.env.update(main.env)
@@ -259,7 +267,45 @@ def _compose_service(path: Path, name: str, svc: dict, sub, *, main: bool = Fals
         if value is not None:
             setattr(out, key, shlex.split(sub(value)) if isinstance(value, str) else [sub(v) for v in value])
     out.workdir = sub(svc.get("working_dir") or "")
+    deps = svc.get("depends_on") or {}
+    if isinstance(deps, list):
+        deps = {str(d): {"condition": "service_started"} for d in deps}
+    if not isinstance(deps, dict):
+        raise TaskFormatError(f"{where}: depends_on must be a list or a mapping")
+    for dep, how in deps.items():
+        cond = (how or {}).get("condition", "service_started") if isinstance(how, dict) else "service_started"
+        if cond not in ("service_started", "service_healthy", "service_completed_successfully"):
+            raise TaskFormatError(f"{where}: depends_on.{dep}.condition {cond!r} is not a compose condition")
+        out.depends_on[str(dep)] = cond
+    hc = svc.get("healthcheck")
+    if isinstance(hc, dict) and not hc.get("disable") and hc.get("test") not in (None, "NONE", ["NONE"]):
+        test = hc["test"]
+        if isinstance(test, str):
+            out.healthcheck = ["/bin/sh", "-c", sub(test)]
+        elif test and test[0] == "CMD-SHELL":
+            out.healthcheck = ["/bin/sh", "-c", " ".join(sub(t) for t in test[1:])]
+        elif test and test[0] == "CMD":
+            out.healthcheck = [sub(t) for t in test[1:]]
+        else:
+            raise TaskFormatError(f"{where}: healthcheck.test must be a string or start with CMD / CMD-SHELL")
+        for key, attr in (("interval", "health_interval_s"), ("timeout", "health_timeout_s"),
+                          ("start_period", "health_start_s")):  # fmt: skip
+            if hc.get(key) is not None:
+                setattr(out, attr, _duration(hc[key], f"{where}: healthcheck.{key}"))
+        if hc.get("retries") is not None:
+            out.health_retries = int(hc["retries"])
     return out
+
+
+def _duration(value, where: str) -> float:
+    """A compose duration (``1m30s``, ``500ms``, ``10s``, or a number of seconds) in seconds."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    parts = re.findall(r"(\d+(?:\.\d+)?)(us|ms|s|m|h)", str(value).strip())
+    if not parts or "".join(n + u for n, u in parts) != str(value).strip():
+        raise TaskFormatError(f"{where}: {value!r} is not a duration (e.g. 10s, 1m30s, 500ms)")
+    scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+    return sum(float(n) * scale[u] for n, u in parts)
 
 
 def is_task_dir(d: Path) -> bool:

@@ -231,7 +231,9 @@ def verify(task: Task, box, backend: SandboxBackend, cfg: SandboxConfig, *, epis
     """The reward of an episode whose agent phase ended in ``box`` (see the module doc)."""
     t0 = time.perf_counter()
     key = cfg.reward_key
-    offline = phase_networks(cfg, task)[1] == "none"
+    # offline, unless the task's image was prepared (its oracle passed offline in it): then
+    # what its install steps print offline is noise, and a 0 is the agent's 0
+    offline = phase_networks(cfg, task)[1] == "none" and not getattr(box, "prepared", False)
     report: dict = {}
     kw = {"reward_key": key, "offline": offline, "stop_root_agent": cfg.profile != "harbor", "report": report}
     try:
