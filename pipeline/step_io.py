@@ -40,16 +40,17 @@ def stop_on_infra(cfg: Config, learner, tracker, step: int, m: dict, n: int) -> 
     again) and stop, saying why."""
     ckpt_dir = Path(cfg.run.output_dir) / "ckpt"
     last = checkpoint.latest(ckpt_dir)
-    if last is None or last.name != f"step_{learner.step:06d}":
-        learner.save(str(ckpt_dir))
+    if learner.step and (last is None or last.name != f"step_{learner.step:06d}"):
+        learner.save(str(ckpt_dir))  # (before the first step there is nothing to keep)
     if tracker is not None:
         tracker.commit()
     why = f"{m['rollout/infra_errors']:.0f} of {n} episodes failed on infrastructure"
     if m.get("rollout/servers_alive", 1) == 0:
         why = f"no rollout server is alive (0 of {m['rollout/servers']:.0f}; see the rollout logs): {why}"
+    where = (f"checkpoint {ckpt_dir} is at step {learner.step}: the same command resumes there" if learner.step
+             else "nothing was trained yet: the same command starts again")  # fmt: skip
     raise RunError(f"step {step}: {why} (see 'infra_error' in {cfg.run.output_dir}/trajectories/step_{step:06d}.jsonl; "
-                   f"run.max_infra_error_frac={cfg.run.max_infra_error_frac}); checkpoint {ckpt_dir} is at step "
-                   f"{learner.step}: the same command resumes there")  # fmt: skip
+                   f"run.max_infra_error_frac={cfg.run.max_infra_error_frac}); {where}")  # fmt: skip
 
 
 def staleness_metrics(step: int, trajs: list, info: dict, k: int) -> dict:

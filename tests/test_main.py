@@ -138,40 +138,52 @@ def test_trains_on_a_directory_task_set_on_docker(tmp_path, task_rootfs):
 
 @pytest.mark.slow
 def test_a_batch_lost_to_infrastructure_stops_with_a_checkpoint_and_the_same_command_resumes(tmp_path, task_rootfs):
-    """Every episode fails on infrastructure (the task's image cannot be built here: FROM an
-    image this offline machine does not have): the run stops at its first step saying so,
-    with a checkpoint at that step and no step logged, never training on reward-0 rows. Once
-    the image builds, the same command resumes there, rolls the batch again (the saved
-    all-infra batch is not reused) and finishes."""
+    """Step 1's task cannot start (its image cannot be built here: FROM an image this offline
+    machine does not have), so every episode of step 1 fails on infrastructure: the run
+    stops at step 1 saying so, with the checkpoint of step 0's training (nothing trained is
+    lost) and step 0 in MLflow, never training on reward-0 rows. Once the image builds, the
+    same command resumes at step 1, rolls its batch again (the saved all-infra batch is not
+    reused) and finishes."""
     import shutil
 
+    from pipeline.config import load_config
     from pipeline.sandbox import SandboxConfig, SandboxError
     from pipeline.sandbox.docker import DockerBackend
+    from pipeline.tasks.sets import TaskSampler
     from pipeline.trajectory import load_jsonl
 
     try:
         DockerBackend(SandboxConfig(backend="docker"))
     except SandboxError as e:
         pytest.skip(f"docker backend unavailable: {e}")
-    task = tmp_path / "train" / "harbor-reward-json"
-    shutil.copytree(ROOT / "tests/fixtures/tasks/harbor-reward-json", task)
-    dockerfile = task / "environment" / "Dockerfile"
-    good = dockerfile.read_text()
-    dockerfile.write_text(good.replace("FROM python:3.12-slim", "FROM echo-rl-test/not-on-this-machine:1"))
+    train = tmp_path / "train"
+    for name in ("first", "second"):
+        shutil.copytree(ROOT / "tests/fixtures/tasks/harbor-reward-json", train / name)
     rd = tmp_path / "run"
-    cmd = ["train", "configs/tiny.yaml", f"run.output_dir={rd}", "run.steps=1", "eval.every=0", "model.load=''",
-           "model.warmstart_steps=0", "eval.probe=false", "sandbox.backend=docker", f"tasks.train_dirs=[{task.parent}]",
+    cmd = ["train", "configs/tiny.yaml", f"run.output_dir={rd}", "run.steps=2", "eval.every=0", "model.load=''",
+           "model.warmstart_steps=0", "eval.probe=false", "sandbox.backend=docker", f"tasks.train_dirs=[{train}]",
            "rollout.tasks_per_step=1", "rollout.group_size=2", "rollout.max_turns=1", "rollout.max_staleness=1",
            "rollout.infra_retries=0"]  # fmt: skip
+    for seed in range(50):  # a seed whose steps 0 and 1 sample different tasks
+        cfg = load_config(ROOT / "configs/tiny.yaml", [*cmd[2:], f"run.seed={seed}"])
+        sampler = TaskSampler(cfg.tasks, tmp_path / f"sampled-{seed}", cfg.run.seed)
+        picked = [Path(sampler.for_step(s, 1)[0].task_dir).name for s in (0, 1)]
+        if picked[0] != picked[1]:
+            cmd.append(f"run.seed={seed}")
+            break
+    assert picked[0] != picked[1]
+    dockerfile = train / picked[1] / "environment" / "Dockerfile"
+    good = dockerfile.read_text()
+    dockerfile.write_text(good.replace("FROM python:3.12-slim", "FROM echo-rl-test/not-on-this-machine:1"))
     rc, out = run(*cmd)
-    assert rc != 0 and "step 0: 2 of 2 episodes failed on infrastructure" in out, out[-4000:]
-    assert f"checkpoint {rd / 'ckpt'} is at step 0: the same command resumes there" in out
-    assert (rd / "ckpt" / "latest").read_text().strip() == "step_000000"
-    assert metric(rd, "loss") == []
-    assert all(t.infra_error for t in load_jsonl(rd / "trajectories" / "step_000000.jsonl"))
+    assert rc != 0 and "step 1: 2 of 2 episodes failed on infrastructure" in out, out[-4000:]
+    assert f"checkpoint {rd / 'ckpt'} is at step 1: the same command resumes there" in out
+    assert (rd / "ckpt" / "latest").read_text().strip() == "step_000001"
+    assert [s for s, _ in metric(rd, "loss")] == [0]
+    assert all(t.infra_error for t in load_jsonl(rd / "trajectories" / "step_000001.jsonl"))
     dockerfile.write_text(good)
     rc, out = run(*cmd)
     assert rc == 0, out[-4000:]
-    assert f"resuming from {rd / 'ckpt'} at step 0" in out and "step 1/1" in out
-    assert [s for s, _ in metric(rd, "loss")] == [0]
-    assert not any(t.infra_error for t in load_jsonl(rd / "trajectories" / "step_000000.jsonl"))
+    assert f"resuming from {rd / 'ckpt'} at step 1" in out and "step 2/2" in out and "step 1/2" not in out
+    assert [s for s, _ in metric(rd, "loss")] == [0, 1]
+    assert not any(t.infra_error for t in load_jsonl(rd / "trajectories" / "step_000001.jsonl"))
