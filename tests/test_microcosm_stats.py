@@ -70,7 +70,7 @@ def test_steps_to_reach_has_an_interval_and_says_when_a_run_never_got_there():
 
 
 def test_the_power_formula_matches_the_bootstrap_and_sizes_the_full_config():
-    from pipeline.microcosm import load_microcosm_config
+    from pipeline.microcosm.world import load_microcosm_config
 
     rng = np.random.default_rng(5)
     full = load_microcosm_config(str(ROOT / "configs/microcosm/original.yaml"), [])
@@ -84,7 +84,7 @@ def test_the_power_formula_matches_the_bootstrap_and_sizes_the_full_config():
 
 
 def test_the_summary_carries_intervals_and_verdicts():
-    from pipeline.microcosm import MicrocosmConfig
+    from pipeline.microcosm.world import MicrocosmConfig
 
     rng = np.random.default_rng(1)
     mc = MicrocosmConfig(seeds=[0, 1, 2], eval_mazes=64, eval_samples=2)
