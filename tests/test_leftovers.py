@@ -113,7 +113,7 @@ def test_an_exec_that_never_returns_is_a_timeout_not_a_hang(task_rootfs, tmp_pat
     """A root agent can reach the exec's own machinery. Its capture replaced by a FIFO: the
     read of it has its own timeout. The exec's shell stopped (SIGSTOP): it never returns,
     and the trainer's deadline turns that into a timeout observation."""
-    from pipeline.sandbox import docker as docker_mod
+    from pipeline.sandbox import docker_sandbox as docker_mod
 
     monkeypatch.setattr(docker_mod, "EXEC_GRACE_S", 2.0)
     backend = _backend("docker", task_rootfs, tmp_path, agent_user="root")
