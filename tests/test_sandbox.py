@@ -47,8 +47,13 @@ def bwrap_backend(rootfs, tmp_path):
 
 
 def _host_procs_matching(token: str) -> list[str]:
+    """Host processes whose command line holds ``token`` as whole words ("sleep 30" is not
+    "sleep 300", which something else on a shared machine may run)."""
+    import re
+
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if token in line and "ps -eo" not in line]
+    word = re.compile(rf"(^|\s){re.escape(token)}($|\s)")
+    return [line for line in out.splitlines() if word.search(line) and "ps -eo" not in line]
 
 
 def test_plain_commands_and_files_persist(backend):
