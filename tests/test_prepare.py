@@ -113,3 +113,12 @@ def test_compose_depends_on_healthy_starts_the_agent_once_the_service_answers(tm
     row = check_task(task, backend, backend.cfg)
     assert row["status"] == "fail" and "service api never became healthy" in row["cause"], row
     assert "api starting" in row["cause"]  # its log, for whoever reads why
+
+    import time  # a check that never returns is given up after its timeout: no stuck start
+
+    doc["services"]["api"]["healthcheck"].update(test=["CMD", "sleep", "1000"], timeout="1s", interval="1s", retries=2)
+    compose.write_text(yaml.safe_dump(doc))
+    t0 = time.monotonic()
+    row = check_task(task, backend, backend.cfg)
+    assert row["status"] == "fail" and "service api never became healthy" in row["cause"], row
+    assert time.monotonic() - t0 < 60

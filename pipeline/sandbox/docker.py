@@ -298,12 +298,8 @@ def _wait_for(container, svc, condition: str, task_id: str) -> None:
             break
         if status in ("exited", "dead"):
             break
-        if condition == "service_healthy" and status == "running":
-            try:
-                if container.exec_run(svc.healthcheck, user="0").exit_code == 0:
-                    return
-            except Exception:  # noqa: BLE001 - not ready to run it yet
-                pass
+        if condition == "service_healthy" and status == "running" and _healthy(container, svc):
+            return
         time.sleep(0.5)
     try:
         log = container.logs(tail=20).decode(errors="replace").strip()
@@ -312,3 +308,22 @@ def _wait_for(container, svc, condition: str, task_id: str) -> None:
     what = {"service_healthy": "healthy", "service_completed_successfully": "completed successfully"}[condition]
     raise SandboxError(f"task {task_id}: service {svc.name} never became {what} (state {container.status}); "
                        f"its log: {log[-1500:] or '(empty)'}")  # fmt: skip
+
+
+def _healthy(container, svc) -> bool:
+    """One run of the service's healthcheck, given up after its timeout (a check that never
+    returns leaves a daemon thread behind, never a stuck episode start)."""
+    import threading
+
+    result: list[bool] = []
+
+    def check() -> None:
+        try:
+            result.append(container.exec_run(svc.healthcheck, user="0").exit_code == 0)
+        except Exception:  # noqa: BLE001 - not ready to run it yet
+            result.append(False)
+
+    t = threading.Thread(target=check, daemon=True, name=f"health-{svc.name}")
+    t.start()
+    t.join(timeout=svc.health_timeout_s)
+    return bool(result and result[0])
