@@ -282,6 +282,25 @@ def test_feedback_is_in_the_run_cache_keys_and_distance_runs_keep_theirs():
     assert supervised_run_dir(dist, 0, "action+output").name == "supervised-action+output-seed0-22decad0"
 
 
+def _rerun_is_bit_identical(again: Path, first: Path, rows: list[dict]) -> None:
+    """Seed 0's rl arms once more in a fresh out_dir: the same curves (losses, probe CE, every
+    maze's result) and byte-identical checkpoints. Rollouts run as threads batched by timing;
+    each request samples from its own seeded generator (the HF engine, the random walk)."""
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "microcosm", "rl", "--config", "configs/microcosm/smoke.yaml",
+                           f"out_dir={again}", "seeds=[0]"], cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(again / "rl" / "curves.csv") as f:
+        rerun = [r for r in csv.DictReader(f) if r["seed"] == "0"]
+    drop = lambda r: {k: v for k, v in r.items() if k not in ("seconds", "ci_lo", "ci_hi", "verdict")}  # noqa: E731
+    assert [drop(r) for r in rerun] == [drop(r) for r in rows if r["seed"] == "0"]
+    ckpts = sorted(p.relative_to(first) for p in (first / "runs").glob("*-seed0-*/ckpt/step_*/*.distcp"))
+    assert len(ckpts) >= 8  # the warm start and the three arms
+    assert all((first / p).read_bytes() == (again / p).read_bytes() for p in ckpts)
+    # positive control: the comparison tells weights apart (seed 1's arms trained other weights)
+    other = [first / str(p).replace("-seed0-", "-seed1-") for p in ckpts if "grpo" in str(p)]
+    assert other and all(o.read_bytes() != (first / p).read_bytes() for o, p in zip(other, [p for p in ckpts if "grpo" in str(p)]))
+
+
 @pytest.mark.slow
 def test_every_experiment_runs_end_to_end_at_ci_size(tmp_path):
     out = tmp_path / "mc"
@@ -310,6 +329,8 @@ def test_every_experiment_runs_end_to_end_at_ci_size(tmp_path):
             assert arms == {"grpo", "echo-0.05", "echo-0.2"} and "Steps to reach a solve rate" in md
             assert {r["arm"] for r in pooled if r.get("verdict")} == {"echo-0.05 − grpo", "echo-0.2 − grpo"}
             assert {r["step"] for r in rows} == {"0", "1", "2"}
+            assert "Speed-up: GRPO's steps ÷ the ECHO arm's steps" in md and "| echo-0.05 | 1 |" in md and "| echo-0.05 | 0.8 |" in md
+            _rerun_is_bit_identical(tmp_path / "again", out, rows)
         if exp == "probe":  # reuses the rl runs (cached): same numbers
             assert arms == {"grpo", "echo-0.05"} and "probe CE" in md
             assert "reusing" in proc.stdout
@@ -361,3 +382,18 @@ def test_every_experiment_runs_end_to_end_at_ci_size(tmp_path):
                                   f"out_dir={fresh}", "rl_start=supervised-action+output", "rl_steps=1", "seeds=[0]"],
                                  cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
             assert bad.returncode != 0 and "is missing (an imported curve has no weights)" in bad.stderr, bad.stderr[-2000:]
+            # sweep (GRPO alone per learning rate) and prior (both imitation starts, then the same RL arms)
+            for extra, args in (("sweep", ["sweep_lrs=[5e-5,1e-3]"]), ("prior", ["env_coefs=[0.05]"])):
+                run = subprocess.run([sys.executable, "-m", "pipeline.cli", "microcosm", extra, "--config",
+                                      "configs/microcosm/smoke.yaml", f"out_dir={out}", "rl_steps=1", "seeds=[0]", *args],
+                                     cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+                assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+                md = (out / extra / "summary.md").read_text()
+                with open(out / extra / "curves.csv") as f:
+                    arms = {r["arm"] for r in csv.DictReader(f) if r["seed"] == "0"}
+                if extra == "sweep":
+                    assert arms == {"grpo lr=5e-05", "grpo lr=0.001"} and "mean over the curve − start" in md
+                else:
+                    assert arms == {"action→grpo", "action→echo-0.05", "action+output→grpo", "action+output→echo-0.05"}
+                    assert "action+output→grpo − action→grpo" in md and "action→echo-0.05 − action+output→grpo" in md
+                    assert "Speed-up" in md and "reusing the finished run" in run.stdout  # the starts: supervised's

@@ -14,6 +14,7 @@ from pipeline.microcosm.stats import (
     mean_ci,
     paired_diff_ci,
     predicted_half_width,
+    speedup_ci,
     steps_to_reach_ci,
 )
 
@@ -67,6 +68,39 @@ def test_steps_to_reach_has_an_interval_and_says_when_a_run_never_got_there():
     assert never.estimate is None and str(never) == "not reached in 40 steps"
     borderline = steps_to_reach_ci(steps, x, 0.75, n_boot=1000)  # the last point straddles it
     assert borderline.hi is None and "never" in str(borderline)
+
+
+def _curves(rng, curve: np.ndarray, difficulty: np.ndarray, samples: int = 2) -> np.ndarray:
+    """steps × seeds × mazes: each maze's probability is its difficulty + the curve's gain."""
+    return np.stack([_arm(rng, difficulty, g, samples) for g in curve])
+
+
+def test_the_speed_up_is_the_ratio_of_steps_to_grpos_target_with_an_interval():
+    rng = np.random.default_rng(11)
+    steps = list(range(0, 101, 10))
+    t = np.asarray(steps, dtype=float)
+    gain = lambda s: 0.35 * (1 - np.exp(-s / 30))  # noqa: E731 — GRPO's gain after s steps
+    difficulty = rng.uniform(0.1, 0.4, size=(3, 128))
+    grpo = _curves(rng, gain(t), difficulty)
+    twice = _curves(rng, gain(2 * t), difficulty)  # the same curve at twice the speed
+    same = _curves(rng, gain(t), difficulty)
+    flat = _curves(rng, np.zeros_like(t), difficulty)  # never improves
+    fast = speedup_ci(steps, grpo, twice, 0.8, n_boot=1000)
+    assert fast.verdict() == "faster (detected)" and 1.4 <= fast.estimate <= 3.0 and fast.lo <= 2.0 <= fast.hi, fast
+    assert fast.grpo_steps > fast.arm_steps and fast.never < 0.05
+    tie = speedup_ci(steps, grpo, same, 0.8, n_boot=1000)
+    assert tie.verdict() == "not detected" and tie.lo <= 1.0 <= tie.hi, tie
+    slow = speedup_ci(steps, grpo, flat, 0.8, n_boot=1000)  # positive control of the other direction
+    assert slow.estimate is None and slow.arm_steps is None and slow.never > 0.9 and slow.verdict() == "slower (detected)"
+    # the target is GRPO's own: at f = 1 GRPO reaches it at its best evaluated step
+    best = speedup_ci(steps, grpo, twice, 1.0, n_boot=200)
+    means = grpo.mean(axis=(1, 2))
+    assert best.grpo_steps == steps[int(np.argmax(means))] and abs(best.target - means.max()) < 1e-9
+    # between evaluations the crossing is interpolated: a curve 0, 0.2, 0.4 reaches 0.3 at step 15
+    lin = np.stack([np.full((1, 4), v) for v in (0.0, 0.2, 0.4)])
+    assert speedup_ci([0, 10, 20], lin, lin, 0.75, n_boot=10).grpo_steps == 15.0
+    with pytest.raises(ValueError, match="different steps or mazes"):
+        speedup_ci(steps, grpo, twice[:-1], 0.8)
 
 
 def test_the_power_formula_matches_the_bootstrap_and_sizes_the_full_config():

@@ -150,8 +150,9 @@ class HFEngine(BatchingEngine):
         mask = torch.zeros(allowed.shape).masked_fill_(~allowed, neg)[:, None]
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
                             use_cache=True, logits_to_keep=1).logits[:, -1].float()  # fmt: skip
-        if params[0].seed is not None:  # reproducible when batches are (as the generate path)
-            torch.manual_seed(params[0].seed)
+        # each row draws from its own generator, seeded by its request: what a request samples
+        # does not depend on which requests the worker thread happened to batch it with
+        rngs = [None if p.seed is None else torch.Generator().manual_seed(p.seed) for p in params]
         temp, top_p = params[0].temperature, params[0].top_p
         stops = [set(p.stop_token_ids) for p in params]
         toks: list[list[int]] = [[] for _ in range(B)]
@@ -160,7 +161,7 @@ class HFEngine(BatchingEngine):
         nxt = torch.tensor([len(p) for p in prompts])  # the next sampled token's position
         col = lmax + nmax
         for t in range(max_new):
-            tok = _sample(logits, temp, top_p)
+            tok = _sample(logits, temp, top_p, rngs)
             lp = torch.log_softmax(logits / self.logprob_temperature, -1).gather(-1, tok[:, None])[:, 0]
             for i in range(B):
                 if not done[i]:
@@ -206,14 +207,21 @@ class _SlotCache:
         return self.ends[layer_idx]
 
 
-def _sample(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
-    """One token per row from softmax(logits / temperature), nucleus-filtered when top_p < 1."""
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, rngs: list | None = None) -> torch.Tensor:
+    """One token per row from softmax(logits / temperature), nucleus-filtered when top_p < 1.
+    ``rngs``: a ``torch.Generator`` per row (None: that row draws from the global generator);
+    a row's token is the inverse CDF at its own uniform draw."""
     probs = torch.softmax(logits / temperature, -1)
     if top_p < 1.0:
         sorted_p, order = probs.sort(-1, descending=True)
         drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keeps the smallest set whose mass reaches top_p
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p.masked_fill(drop, 0.0))
-    return torch.multinomial(probs, 1)[:, 0]
+    if rngs is None:
+        return torch.multinomial(probs, 1)[:, 0]
+    cdf = probs.double().cumsum(-1)
+    u = torch.stack([torch.rand((), dtype=torch.float64, generator=g) for g in rngs])
+    tok = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]  # zero-mass tokens are never drawn
+    return tok.clamp_(max=probs.shape[-1] - 1)
 
 
 class _PrefixStore:

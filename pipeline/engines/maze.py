@@ -58,7 +58,7 @@ class RandomWalkEngine(BatchingEngine):
     ``no_reversal`` it does not step straight back where it came from unless at a dead end."""
 
     def __init__(self, tokenizer, stop_token_id: int, *, seed: int = 0, no_reversal: bool = False):
-        self.tok, self.stop, self.rng = tokenizer, stop_token_id, random.Random(seed)
+        self.tok, self.stop, self.seed, self.rng = tokenizer, stop_token_id, seed, random.Random(seed)
         self.no_reversal = no_reversal
         self.ids = {d: tokenizer.convert_tokens_to_ids(d) for d in DIRECTIONS}
         self.direction_of = {i: d for d, i in self.ids.items()}
@@ -67,13 +67,16 @@ class RandomWalkEngine(BatchingEngine):
 
     def generate_batch(self, prompts, params):
         out = []
-        for prompt in prompts:
+        for prompt, p in zip(prompts, params):
             last = next((t for t in reversed(prompt) if t in self.open), None)  # the last response's open sides
             choices = self.open[last] if last is not None else list(DIRECTIONS)
             prev = next((self.direction_of[t] for t in reversed(prompt) if t in self.direction_of), None)
             if self.no_reversal and prev is not None and len(choices) > 1:
                 choices = [d for d in choices if d != OPPOSITE[prev]]
-            move = self.rng.choice(choices)
+            # a request with a seed draws from its own generator: the walk does not depend on
+            # which episodes the worker thread batched together, nor in what order
+            rng = self.rng if p.seed is None else random.Random(self.seed * 1_000_003 + p.seed)
+            move = rng.choice(choices)
             out.append(Generation([self.ids[move], self.stop], [-math.log(len(choices)), 0.0], "stop",
                                   self.policy_version))  # fmt: skip
         return out

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.microcosm.stats import mean_ci, paired_diff_ci, predicted_half_width, steps_to_reach_ci
+from pipeline.microcosm.stats import mean_ci, paired_diff_ci, predicted_half_width, speedup_ci, steps_to_reach_ci
 
 if TYPE_CHECKING:
     from pipeline.microcosm.world import MicrocosmConfig
@@ -60,6 +60,21 @@ def comparisons(experiment: str, arms: list[str]) -> list[tuple[str, str]]:
         return [("action+output", "action")] if {"action", "action+output"} <= set(arms) else []
     if experiment in ("rl", "probe"):
         return [(a, "grpo") for a in arms if a != "grpo" and "grpo" in arms]
+    if experiment == "prior":  # the interaction prior (imitation with OUTPUT) vs ECHO, each against plain GRPO
+        pairs = [("action+output→grpo", "action→grpo")]
+        for a in sorted(a for a in arms if "→echo" in a):
+            start = a.split("→")[0]
+            pairs += [(a, f"{start}→grpo")] + ([(a, "action+output→grpo")] if start == "action" else [])
+        return [(a, b) for a, b in pairs if {a, b} <= set(arms)]
+    return []
+
+
+def speed_pairs(experiment: str, arms: list[str]) -> list[tuple[str, str]]:
+    """(ECHO arm, GRPO arm) from the same start: the speed-up is measured between them."""
+    if experiment == "rl":
+        return [(a, "grpo") for a in arms if a.startswith("echo") and "grpo" in arms]
+    if experiment == "prior":
+        return [(a, f"{a.split('→')[0]}→grpo") for a in arms if "→echo" in a and f"{a.split('→')[0]}→grpo" in arms]
     return []
 
 
@@ -81,7 +96,7 @@ def summarize(experiment: str, rows: list[dict], mc: MicrocosmConfig) -> str:
     solve = arm_matrices(rows, "solve_rate")
     key = "probe_ce" if experiment == "probe" else "solve_rate"
     mats = arm_matrices(rows, key) if key != "solve_rate" else solve
-    if experiment in ("supervised", "rl", "probe"):
+    if experiment in ("supervised", "rl", "probe", "prior"):
         label = "probe CE (nats/OUTPUT token; CI over seeds)" if experiment == "probe" else "solve rate"
         lines += [f"| arm | {label} at step 0 | at the end | best evaluated step |", "|---|---|---|---|"]
         for arm, (steps, _, x) in mats.items():
@@ -91,6 +106,7 @@ def summarize(experiment: str, rows: list[dict], mc: MicrocosmConfig) -> str:
         targets = list(getattr(mc, "reach_targets", [0.5, 0.8]))
         if experiment == "rl" and "grpo" in solve:
             targets.append(float(np.nanmean(solve["grpo"][2], axis=(1, 2)).max()))
+        lines += _speed_lines(experiment, solve, list(getattr(mc, "speed_fractions", [1.0])))
         lines += ["", "Steps to reach a solve rate (first evaluated step at or above it; [95% CI]; the "
                   "last target of `rl` is GRPO's best mean):", "",
                   "| arm | " + " | ".join(f"≥ {t:.3g}" for t in targets) + " |", "|---" * (len(targets) + 1) + "|"]  # fmt: skip
@@ -110,12 +126,42 @@ def summarize(experiment: str, rows: list[dict], mc: MicrocosmConfig) -> str:
                 auc = paired_diff_ci(pa.mean(axis=0), pb.mean(axis=0))
                 lines.append(f"| {a} − {b} ({key.replace('_', ' ')}) | {end} | {end.verdict()} | {auc} | "
                              f"{auc.verdict()} | ±{end.half_width:.3f} |")  # fmt: skip
+    if experiment == "sweep":
+        lines += ["| GRPO at | solve rate at step 0 | at the end | best evaluated step | end − start (paired) | "
+                  "mean over the curve − start | verdict (curve) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for arm, (steps, _, x) in solve.items():
+            means = np.nanmean(x, axis=(1, 2))
+            best = int(np.argmax(means))
+            curve = paired_diff_ci(x[1:].mean(axis=0), x[0])
+            lines.append(f"| {arm} | {_ci(x[0])} | {_ci(x[-1])} | {_ci(x[best])} (step {steps[best]}) | "
+                         f"{paired_diff_ci(x[-1], x[0])} | {curve} | {curve.verdict()} |")  # fmt: skip
     if experiment == "env_only":
         lines += ["| maze | solve before | after | after − before (paired by maze) | verdict |", "|---|---|---|---|---|"]
         for arm, (steps, _, x) in solve.items():
             d = paired_diff_ci(x[-1], x[0])
             lines.append(f"| {arm} | {_ci(x[0])} | {_ci(x[-1])} | {d} | {d.verdict()} |")
     return "\n".join(lines) + "\n"
+
+
+def _speed_lines(experiment: str, solve: dict, fractions: list[float]) -> list[str]:
+    pairs = speed_pairs(experiment, list(solve))
+    if not pairs:
+        return []
+    lines = ["", "Speed-up: GRPO's steps ÷ the ECHO arm's steps to reach GRPO's start + f × (GRPO's best − start), "
+             "where each curve first gets there (interpolated between evaluations); [95% CI, the same paired bootstrap, the target recomputed from "
+             "GRPO's resampled curve; a resample where the arm never gets there counts 0×]. > 1: ECHO got there sooner.",
+             "", "| ECHO arm | f | target | GRPO steps | ECHO steps | speed-up | verdict | resamples never reached |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for a, g in pairs:
+        (sa, _, xa), (sg, _, xg) = solve[a], solve[g]
+        common = [s for s in sg if s in sa]
+        pa, pg = (np.stack([x[st.index(s)] for s in common]) for st, x in ((sa, xa), (sg, xg)))
+        for f in fractions:
+            sp = speedup_ci(common, pg, pa, f)
+            arm_steps = "never" if sp.arm_steps is None else f"{sp.arm_steps:.1f}"
+            lines.append(f"| {a} | {f:g} | {sp.target:.3f} | {sp.grpo_steps:.1f} | {arm_steps} | {sp} | {sp.verdict()} | "
+                         f"{sp.never:.0%} |")  # fmt: skip
+    return lines
 
 
 def interval_rows(experiment: str, rows: list[dict]) -> list[dict]:

@@ -7,7 +7,7 @@ import csv
 import json
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from pipeline.microcosm.world import CURVE_FIELDS, EXPERIMENTS, MicrocosmConfig, World, load_microcosm_config
@@ -29,6 +29,14 @@ def run_experiment(experiment: str, mc: MicrocosmConfig) -> Path:
                 rows += rl_arm(world, mode, coef)[0]
         elif experiment == "env_only":
             rows += env_only_arm(world)
+        elif experiment == "sweep":  # GRPO alone at each learning rate (to choose rl_lr for every arm)
+            for lr in mc.sweep_lrs:
+                rows += [{**r, "arm": f"grpo lr={lr:g}"} for r in rl_arm(World(replace(mc, rl_lr=lr), seed), "grpo", 0.0)[0]]
+        elif experiment == "prior":  # imitation with vs without OUTPUT tokens, then the same RL arms
+            for start in ("supervised-action", "supervised-action+output"):
+                w = World(replace(mc, rl_start=start), seed)
+                for mode, coef in [("grpo", 0.0)] + [("echo", c) for c in mc.env_coefs]:
+                    rows += [{**r, "arm": f"{start.removeprefix('supervised-')}→{r['arm']}"} for r in rl_arm(w, mode, coef)[0]]
         print(f"seed {seed} done ({time.perf_counter() - t0:.0f} s)", flush=True)
     out = Path(mc.out_dir) / experiment
     out.mkdir(parents=True, exist_ok=True)

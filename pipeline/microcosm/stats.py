@@ -134,3 +134,71 @@ def predicted_half_width(n_seeds: int, n_mazes: int, samples: int, p: float = 0.
 def episodes_for_half_width(half_width: float, n_seeds: int, p: float = 0.5) -> int:
     """Evaluation episodes per arm (seeds × mazes × samples) for ``predicted_half_width`` ≤ the goal."""
     return math.ceil((1 + (n_seeds - 1) / n_seeds) * 2 * p * (1 - p) * (Z95 / half_width) ** 2)
+
+
+@dataclass(frozen=True)
+class SpeedUp:
+    """GRPO's steps ÷ the arm's steps to reach GRPO's start + ``fraction`` × its best gain.
+    ``never``: the share of resamples in which the arm never reached the target (its ratio is
+    counted as 0 there: the interval is conservative for the arm)."""
+
+    estimate: float | None
+    lo: float
+    hi: float
+    grpo_steps: float
+    arm_steps: float | None
+    target: float
+    never: float
+
+    def verdict(self) -> str:
+        if self.lo > 1:
+            return "faster (detected)"
+        if self.hi < 1:
+            return "slower (detected)"
+        return "not detected"
+
+    def __str__(self) -> str:
+        est = "0 (never)" if self.estimate is None else f"{self.estimate:.2f}×"
+        return f"{est} [{self.lo:.2f}, {self.hi:.2f}]"
+
+
+def _crossing(curves: np.ndarray, steps: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """curves: n × steps; targets: n. The step at which each curve first reaches its target,
+    linearly interpolated between the two evaluations around it (evaluations are coarse: every
+    ``eval_every`` steps); NaN where it never does."""
+    hit = curves >= targets[:, None] - 1e-9
+    i = hit.argmax(axis=1)
+    rows = np.arange(len(curves))
+    prev = np.maximum(i - 1, 0)
+    c0, c1 = curves[rows, prev], curves[rows, i]
+    frac = np.where(c1 > c0, (targets - c0) / np.where(c1 > c0, c1 - c0, 1.0), 1.0)
+    at = np.where(i > 0, steps[prev] + np.clip(frac, 0, 1) * (steps[i] - steps[prev]), steps[i])
+    return np.where(hit.any(axis=1), at, np.nan)
+
+
+def speedup_ci(steps: list[int], grpo: np.ndarray, arm: np.ndarray, fraction: float = 1.0, *,
+               n_boot: int = N_BOOT, seed: int = 0) -> SpeedUp:  # fmt: skip
+    """``grpo``, ``arm``: steps × seeds × mazes, the same steps and mazes (step 0 = the shared start).
+
+    The target is GRPO's start + ``fraction`` × (GRPO's best − its start), recomputed in each
+    resample from GRPO's resampled curve (so the noise in GRPO's best is in the interval);
+    each arm's steps are where its curve first reaches it (``_crossing``). Both arms take the
+    same resample of seeds and mazes. Ratio GRPO ÷ arm (> 1: the arm got there sooner); a
+    crossing earlier than one step counts as one step."""
+    if grpo.shape != arm.shape:
+        raise ValueError(f"arms evaluated on different steps or mazes: {grpo.shape} vs {arm.shape}")
+    st = np.asarray(steps, dtype=np.float64)
+
+    def ratios(g: np.ndarray, a: np.ndarray):  # n × steps curves
+        targets = g[:, 0] + fraction * (g.max(axis=1) - g[:, 0])
+        sg, sa = _crossing(g, st, targets), _crossing(a, st, targets)
+        r = np.where(np.isnan(sa), 0.0, np.maximum(sg, 1.0) / np.maximum(np.nan_to_num(sa), 1.0))
+        return r, sg, sa, targets
+
+    r0, sg0, sa0, t0 = ratios(np.nanmean(grpo, axis=(1, 2))[None], np.nanmean(arm, axis=(1, 2))[None])
+    idx = _resample(grpo.shape[1], grpo.shape[2], n_boot, seed)
+    rb, _, sab, _ = ratios(_boot_means(grpo, idx), _boot_means(arm, idx))
+    lo, hi = _percentiles(rb)
+    never = bool(np.isnan(sa0[0]))
+    return SpeedUp(None if never else float(r0[0]), lo, hi, float(sg0[0]), None if never else float(sa0[0]),
+                   float(t0[0]), float(np.isnan(sab).mean()))  # fmt: skip

@@ -49,13 +49,15 @@ class MicrocosmConfig:
     group_size: int = 8
     env_coefs: list[float] = field(default_factory=lambda: [0.05, 0.2])
     rl_loss: dict = field(default_factory=lambda: {"pg_reduction": "sequence_mean"})  # extra LossConfig fields of the RL arms
+    speed_fractions: list[float] = field(default_factory=lambda: [1.0, 0.8])  # rl: steps to GRPO's start + f × its best gain
+    sweep_lrs: list[float] = field(default_factory=lambda: [2e-5, 1e-4, 5e-4])  # sweep: GRPO alone at each rl_lr
     # env_only
     env_only_steps: int = 15
     env_only_coef: float = 0.05  # the ECHO arm it continues from (one of env_coefs)
     env_only_lr: float = 5e-5
 
 
-EXPERIMENTS = ("supervised", "rl", "probe", "env_only")
+EXPERIMENTS = ("supervised", "rl", "probe", "env_only", "sweep", "prior")
 RL_STARTS = ("walk", "supervised-action", "supervised-action+output")
 
 

@@ -34,6 +34,7 @@ each turn).
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections import deque
 from dataclasses import dataclass
@@ -196,12 +197,22 @@ def maze_tasks(sizes: list[int], n: int, out_dir: str | Path, *, seed: int, feed
         maze.feedback = feedback
         task_dir = out_dir / f"maze-{seed}-{i:05d}"
         task_dir.mkdir(parents=True, exist_ok=True)
-        (task_dir / "maze.json").write_text(maze.to_json())
+        _write_once(task_dir / "maze.json", maze.to_json())
         tasks.append(Task(
             task_id=task_dir.name, instruction=instruction(maze), task_dir=task_dir, test_command="",
             reward_from="file", solution=" ".join(bfs_actions(maze)), family=f"maze{maze.size}",
         ))  # fmt: skip
     return tasks
+
+
+def _write_once(path: Path, text: str) -> None:
+    """Write ``text`` unless the file already holds it; a new file appears whole (runs side by
+    side share task dirs: a reader never sees a half-written maze)."""
+    if path.is_file() and path.read_text() == text:
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def vocabulary() -> list[str]:
@@ -230,6 +241,14 @@ def maze_tokenizer(out_dir: str | Path | None = None):
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
-    if out_dir is not None:
-        tok.save_pretrained(str(out_dir))
+    if out_dir is not None:  # each file appears whole (runs side by side share the directory)
+        import tempfile
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out_dir, prefix=".save-") as tmp:
+            tok.save_pretrained(tmp)
+            for f in Path(tmp).iterdir():
+                if not (out_dir / f.name).is_file() or (out_dir / f.name).read_bytes() != f.read_bytes():
+                    f.replace(out_dir / f.name)
     return tok
