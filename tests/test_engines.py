@@ -91,6 +91,48 @@ def test_hf_engine_prefix_cache_keeps_log_probs_exact_across_turns_and_weight_up
     engine.close()
 
 
+def test_a_seeded_request_samples_the_same_tokens_alone_or_batched_with_others(tmp_path):
+    """Rollout episodes run in threads and the worker batches whatever is waiting, so which
+    requests share a batch depends on timing: a request with a seed draws from its own
+    generator and gets the same tokens either way (the microcosm's reruns are bit-identical).
+    Positive control: another seed, or none, gives other tokens."""
+    tiny(tmp_path / "m")
+    prompt, others = [5, 6, 7], [[1, 2, 3, 4], [42], [9, 9]]
+    params = lambda seed: SamplingParams(temperature=1.5, max_tokens=12, seed=seed)  # noqa: E731
+
+    def sample(batch_with: list, seed) -> list[int]:
+        engine = HFEngine(tmp_path / "m", max_batch=8, batch_wait_ms=200, prefix_cache=True, seed=123)
+        try:
+            futs = [engine.submit(q, params(1000 + i)) for i, q in enumerate(batch_with)]
+            mine = engine.submit(prompt, params(seed))
+            wait(futs + [mine])
+            return mine.result().token_ids
+        finally:
+            engine.close()
+
+    alone = sample([], 7)
+    assert sample(others, 7) == alone == sample(others[::-1], 7)
+    assert sample(others, 8) != alone and sample([], None) != alone
+
+
+def test_per_row_generators_sample_the_softmax_and_never_a_zero_mass_token():
+    from pipeline.engines.hf import _sample
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2, 0.0], [0.1, 0.0, 0.0, 0.9]]))
+    n = 4000
+    counts = torch.zeros(2, 4)
+    for k in range(n):
+        rngs = [torch.Generator().manual_seed(2 * k), torch.Generator().manual_seed(2 * k + 1)]
+        counts[torch.arange(2), _sample(logits, 1.0, 1.0, rngs)] += 1
+    freq = counts / n
+    assert torch.allclose(freq, logits.exp(), atol=0.03), freq  # 3σ at n = 4000 is ≤ 0.024
+    assert counts[0, 3] == 0 and counts[1, 1:3].sum() == 0
+    nucleus = torch.zeros(4)  # top_p 0.75 keeps 0.5 and 0.3 (renormalized)
+    for k in range(1000):
+        nucleus[_sample(logits[:1], 1.0, 0.75, [torch.Generator().manual_seed(k)])] += 1
+    assert nucleus[2:].sum() == 0 and 0.55 < nucleus[0] / 1000 < 0.70
+
+
 def test_hf_engine_prefix_cache_over_its_budget_stores_nothing_and_stays_exact(tmp_path):
     model = tiny(tmp_path / "m")
     engine = HFEngine(tmp_path / "m", max_batch=8, batch_wait_ms=50, prefix_cache=True, prefix_cache_bytes=1)
