@@ -268,6 +268,17 @@ def test_config_errors_name_the_key():
         load_microcosm_config(str(ROOT / "configs/microcosm/default.yaml"), ["feedback=colour"])
 
 
+def test_the_speed_config_is_the_regime_the_issue_asks_for():
+    """configs/microcosm/speed.yaml (README, "The speed claim"): a start with room (an
+    imitation stopped early), ≥ 100 RL steps, ≥ 3 seeds, GRPO's swept rate among the sweep's."""
+    from pipeline.microcosm.world import load_microcosm_config
+
+    mc = load_microcosm_config(str(ROOT / "configs/microcosm/speed.yaml"), [])
+    assert mc.rl_start == "supervised-action+output" and mc.rl_steps >= 100 and len(mc.seeds) >= 3
+    assert mc.rl_lr in mc.sweep_lrs and mc.env_coefs == [0.05] and mc.feedback == "compare"
+    assert 1.0 in mc.speed_fractions and mc.unseen_size not in mc.train_sizes
+
+
 def test_feedback_is_in_the_run_cache_keys_and_distance_runs_keep_theirs():
     from pipeline.microcosm.world import load_microcosm_config
     from pipeline.microcosm.arms import _rl_keys, _supervised_keys, supervised_run_dir

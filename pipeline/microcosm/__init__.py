@@ -1,6 +1,6 @@
 """The maze microcosm: test an objective on one CPU in minutes, through the same pipeline.
 
-    echo-rl microcosm supervised|rl|probe|env_only [--config configs/microcosm/default.yaml] [key=value ...]
+    echo-rl microcosm supervised|rl|probe|env_only|sweep|prior [--config configs/microcosm/default.yaml] [key=value ...]
 
 Where it sits: maze tasks (``pipeline/tasks/maze.py``) → the real rollout loop with the
 ``maze`` sandbox and ``PlainFormat`` → Trajectories → the real losses and Megatron learner
@@ -19,6 +19,13 @@ summary.md}``):
   of the GRPO and ECHO runs (the world-model probe).
 - ``env_only``: from each seed's final ECHO checkpoint, continue with the environment
   loss only (no reward) on a maze size never trained on; solve rate before/after.
+- ``sweep``: GRPO alone at each of ``sweep_lrs`` (how ``rl_lr`` is chosen, the same for
+  every arm); each rate's gain over the start with its interval.
+- ``prior``: both imitation starts (ACTION only, ACTION + OUTPUT), then the same RL arms
+  from each: is imitation on the terminal's answers a substitute for ECHO?
+
+``rl`` and ``prior`` report the speed-up (``stats.speedup_ci``): GRPO's steps ÷ ECHO's steps
+to reach GRPO's start + f × its best gain (``speed_fractions``), with its interval.
 
 Modules, each importing only those listed before it: ``stats`` (confidence intervals),
 ``world`` (the config, the maze world, the agent), ``arms`` (imitation, warm start,

@@ -158,7 +158,7 @@ def main(argv: list[str]) -> int:
     from pipeline.config import ConfigError, load_config
     from pipeline.sandbox import make_backend
     from pipeline.tasks.attacks import ATTACKS, BY_NAME
-    from pipeline.tasks.formats import find_task_dirs
+    from pipeline.tasks.formats import task_dirs_in
 
     p = argparse.ArgumentParser(prog=f"echo-rl tasks {argv[0] if argv else ''}")
     p.add_argument("dirs", nargs="+", help="task dirs or datasets (dirs of task dirs, nested one level)")
@@ -176,7 +176,7 @@ def main(argv: list[str]) -> int:
     except (ConfigError, SandboxError) as e:
         print(f"echo-rl: {e}", file=sys.stderr)
         return 2
-    paths = [t for d in a.dirs for t in find_task_dirs(d)] if all(Path(d).is_dir() for d in a.dirs) else []
+    paths = task_dirs_in(a.dirs)
     if not paths:
         print(f"echo-rl: no task directories in {a.dirs}", file=sys.stderr)
         return 2

@@ -336,6 +336,11 @@ def find_task_dirs(root: str | Path) -> list[Path]:
     return out
 
 
+def task_dirs_in(roots: list[str]) -> list[Path]:
+    """The task dirs of several datasets (the CLI's DIR arguments); [] when one is not a directory."""
+    return [t for d in roots for t in find_task_dirs(d)] if all(Path(d).is_dir() for d in roots) else []
+
+
 def load_task_set(root: str | Path) -> list[Task]:
     dirs = find_task_dirs(root)
     if not dirs:

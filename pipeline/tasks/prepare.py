@@ -143,7 +143,7 @@ def _untag(backend, tag: str) -> None:
 def main(argv: list[str]) -> int:
     from pipeline.config import ConfigError, load_config
     from pipeline.sandbox import SandboxError, make_backend
-    from pipeline.tasks.formats import find_task_dirs
+    from pipeline.tasks.formats import task_dirs_in
 
     p = argparse.ArgumentParser(prog="echo-rl tasks prepare", description=__doc__.splitlines()[0])
     p.add_argument("dirs", nargs="+", help="task dirs or datasets")
@@ -175,7 +175,7 @@ def main(argv: list[str]) -> int:
     if not any(wheels.glob("*.whl")):
         print(f"echo-rl: no wheels in {wheels} (give --wheelhouse DIR, or --download)", file=sys.stderr)
         return 2
-    paths = [t for d in a.dirs for t in find_task_dirs(d)] if all(Path(d).is_dir() for d in a.dirs) else []
+    paths = task_dirs_in(a.dirs)
     if not paths:
         print(f"echo-rl: no task directories in {a.dirs}", file=sys.stderr)
         return 2
