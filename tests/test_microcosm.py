@@ -403,7 +403,7 @@ def test_every_experiment_runs_end_to_end_at_ci_size(tmp_path):
                 with open(out / extra / "curves.csv") as f:
                     arms = {r["arm"] for r in csv.DictReader(f) if r["seed"] == "0"}
                 if extra == "sweep":
-                    assert arms == {"grpo lr=5e-05", "grpo lr=0.001"} and "mean over the curve − start" in md
+                    assert arms == {"grpo lr=5e-05", "grpo lr=0.001"} and "mean over the curve − start | verdict" in md
                 else:
                     assert arms == {"action→grpo", "action→echo-0.05", "action+output→grpo", "action+output→echo-0.05"}
                     assert "action+output→grpo − action→grpo" in md and "action→echo-0.05 − action+output→grpo" in md

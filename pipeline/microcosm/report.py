@@ -126,15 +126,16 @@ def summarize(experiment: str, rows: list[dict], mc: MicrocosmConfig) -> str:
                 auc = paired_diff_ci(pa.mean(axis=0), pb.mean(axis=0))
                 lines.append(f"| {a} − {b} ({key.replace('_', ' ')}) | {end} | {end.verdict()} | {auc} | "
                              f"{auc.verdict()} | ±{end.half_width:.3f} |")  # fmt: skip
-    if experiment == "sweep":
-        lines += ["| GRPO at | solve rate at step 0 | at the end | best evaluated step | end − start (paired) | "
-                  "mean over the curve − start | verdict (curve) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    if experiment in ("sweep", "rl", "prior"):
+        lines += ["", "Gain over the start (each arm against its own step 0, paired by maze):", "",
+                  "| arm | solve rate at step 0 | at the end | best evaluated step | end − start | verdict | "
+                  "mean over the curve − start | verdict |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for arm, (steps, _, x) in solve.items():
             means = np.nanmean(x, axis=(1, 2))
             best = int(np.argmax(means))
-            curve = paired_diff_ci(x[1:].mean(axis=0), x[0])
+            end, curve = paired_diff_ci(x[-1], x[0]), paired_diff_ci(x[1:].mean(axis=0), x[0])
             lines.append(f"| {arm} | {_ci(x[0])} | {_ci(x[-1])} | {_ci(x[best])} (step {steps[best]}) | "
-                         f"{paired_diff_ci(x[-1], x[0])} | {curve} | {curve.verdict()} |")  # fmt: skip
+                         f"{end} | {end.verdict()} | {curve} | {curve.verdict()} |")  # fmt: skip
     if experiment == "env_only":
         lines += ["| maze | solve before | after | after − before (paired by maze) | verdict |", "|---|---|---|---|---|"]
         for arm, (steps, _, x) in solve.items():
