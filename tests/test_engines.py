@@ -115,6 +115,109 @@ def test_a_seeded_request_samples_the_same_tokens_alone_or_batched_with_others(t
     assert sample(others, 8) != alone and sample([], None) != alone
 
 
+class _Recorder:
+    """A stand-in for the HF engine's batched forward (this test is about who is batched with
+    whom): answers each prompt with its length, records every batch."""
+
+    def __init__(self, fail: bool = False):
+        import threading
+
+        self._lock, self.batches, self.fail, self.policy_version = threading.Lock(), [], fail, 3
+
+    def generate_batch(self, prompts, params):
+        from pipeline.engines.base import Generation
+
+        if self.fail:
+            raise RuntimeError("out of memory")
+        self.batches.append([p.seed for p in params])
+        return [Generation([len(q)], [0.0], "stop", self.policy_version) for q in prompts]
+
+
+def _lockstep_episodes(engine, turns: list[int], jitter_seed: int):
+    """Episode k takes ``turns[k]`` turns, sleeping a random few ms between them (as threads
+    scheduled by the OS would), and calls ``done()`` at its end however it ends."""
+    import random
+    import threading
+    import time
+
+    from pipeline.engines.lockstep import Lockstep
+
+    lock, rng = Lockstep(engine, len(turns)), random.Random(jitter_seed)
+    delays = [[rng.uniform(0, 0.01) for _ in range(n)] for n in turns]
+    out, errors = [[] for _ in turns], []
+
+    def episode(k):
+        try:
+            for t in range(turns[k]):
+                time.sleep(delays[k][t])
+                out[k].append(lock.submit([1] * (k + t + 1), SamplingParams(seed=100 * k + t)).result(timeout=30).token_ids[0])
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+        finally:
+            lock.done()
+
+    threads = [threading.Thread(target=episode, args=(k,)) for k in range(len(turns))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=60)
+    assert not any(th.is_alive() for th in threads)
+    return out, errors
+
+
+def test_lockstep_batches_every_live_episode_in_seed_order_whatever_the_timing():
+    turns = [3, 1, 4, 2]
+    runs = []
+    for jitter in (1, 2, 3):
+        engine = _Recorder()
+        out, errors = _lockstep_episodes(engine, turns, jitter)
+        assert not errors and out == [[k + t + 1 for t in range(n)] for k, n in enumerate(turns)]
+        runs.append(engine.batches)
+    # round t holds the episodes still going, sorted by seed; ended episodes release the rest
+    assert runs[0] == runs[1] == runs[2] == [[0, 100, 200, 300], [1, 201, 301], [2, 202], [203]]
+    # positive control: the engine's own worker batches by arrival, and the timing shows
+    from pipeline.engines.base import BatchingEngine
+
+    class Timed(BatchingEngine):
+        def __init__(self):
+            self.batches = []
+            super().__init__(64, 0.0)
+
+        def generate_batch(self, prompts, params):
+            from pipeline.engines.base import Generation
+
+            self.batches.append(sorted(p.seed for p in params))
+            return [Generation([len(q)], [0.0], "stop", 0) for q in prompts]
+
+        def load_weights(self, items):
+            pass
+
+    import random
+    import threading
+    import time
+
+    shapes = set()
+    for jitter in (1, 2, 3):
+        eng, rng = Timed(), random.Random(jitter)
+
+        def ep(k):
+            for t in range(turns[k]):
+                time.sleep(rng.uniform(0, 0.01))
+                eng.submit([1], SamplingParams(seed=100 * k + t)).result(timeout=30)
+
+        ths = [threading.Thread(target=ep, args=(k,)) for k in range(4)]
+        [th.start() for th in ths]
+        [th.join() for th in ths]
+        eng.close()
+        shapes.add(str(eng.batches))
+    assert len(shapes) > 1
+
+
+def test_lockstep_hands_an_engine_failure_to_every_waiting_episode():
+    out, errors = _lockstep_episodes(_Recorder(fail=True), [2, 2, 2], 0)
+    assert len(errors) == 3 and all("out of memory" in str(e) for e in errors) and out == [[], [], []]
+
+
 def test_per_row_generators_sample_the_softmax_and_never_a_zero_mass_token():
     from pipeline.engines.hf import _sample
 

@@ -140,7 +140,16 @@ class World:
         return out
 
     def rollouts(self, engine, tasks, group_size: int, step: int):
-        return self.ro.rollouts(tasks, engine=engine, group_size=group_size, step=step, seed=self.seed * 7919 + step)
+        """The model's episodes, batched in lockstep (``pipeline/engines/lockstep.py``): a
+        rerun with the same seed is bit-identical."""
+        from pipeline.engines.lockstep import Lockstep
+
+        n = len(tasks) * group_size
+        if n > self.rollout.max_concurrent_episodes:  # lockstep needs every episode in flight
+            raise ValueError(f"{n} episodes in one rollout, over max_concurrent_episodes={self.rollout.max_concurrent_episodes}")
+        lock = Lockstep(engine, n)
+        return self.ro.rollouts(tasks, engine=lock, group_size=group_size, step=step, seed=self.seed * 7919 + step,
+                                on_episode_end=lock.done)  # fmt: skip
 
 
 class Agent:

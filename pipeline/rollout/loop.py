@@ -221,9 +221,10 @@ def _play(ep: _Episode, engine: Engine, backend: SandboxBackend, chat: ChatForma
 
 def run_rollouts(tasks: list[Task], engine: Engine, backend: SandboxBackend, chat: ChatFormat,
                  cfg: RolloutConfig, sandbox_cfg: SandboxConfig, *, group_size: int | None = None,
-                 step: int = 0, seed: int = 0, progress: bool = True) -> list[Trajectory]:  # fmt: skip
+                 step: int = 0, seed: int = 0, progress: bool = True, on_episode_end=None) -> list[Trajectory]:  # fmt: skip
     """``group_size`` episodes of each task, ``max_concurrent_episodes`` in flight.
-    Returns trajectories in (task, sample) order, whatever order they finished in."""
+    Returns trajectories in (task, sample) order, whatever order they finished in.
+    ``on_episode_end()`` is called as each episode ends, however it ends (``Lockstep.done``)."""
     from tqdm import tqdm
 
     G = group_size or cfg.group_size
@@ -237,7 +238,11 @@ def run_rollouts(tasks: list[Task], engine: Engine, backend: SandboxBackend, cha
 
     def one(job):
         task, gid, k = job
-        traj = run_episode(task, gid, engine, backend, chat, cfg, sandbox_cfg, seed=seed * 100_003 + k * 101)
+        try:
+            traj = run_episode(task, gid, engine, backend, chat, cfg, sandbox_cfg, seed=seed * 100_003 + k * 101)
+        finally:
+            if on_episode_end is not None:
+                on_episode_end()
         bar.update(1)
         return traj
 

@@ -52,13 +52,14 @@ class Rollouter:
         return self.chat.tok
 
     def rollouts(self, tasks, *, engine=None, group_size: int | None = None, step: int = 0, seed: int = 0,
-                 temperature: float | None = None, progress: bool = False):  # fmt: skip
+                 temperature: float | None = None, progress: bool = False, on_episode_end=None):  # fmt: skip
         """Episodes of ``tasks`` with ``engine`` (default: this one's)."""
         from pipeline.rollout.loop import run_rollouts
 
         rc = self.rollout_cfg if temperature is None else replace(self.rollout_cfg, temperature=temperature)
         return run_rollouts(tasks, engine or self.engine, self.backend, self.chat, rc, self.sandbox_cfg,
-                            group_size=group_size, step=step, seed=seed, progress=progress)  # fmt: skip
+                            group_size=group_size, step=step, seed=seed, progress=progress,
+                            on_episode_end=on_episode_end)  # fmt: skip
 
     def train_batch(self, tasks, step: int, seed: int):
         """A training step's groups (``rollout.group_size`` episodes per task)."""
