@@ -115,6 +115,9 @@ def test_a_seeded_request_samples_the_same_tokens_alone_or_batched_with_others(t
     assert sample(others, 8) != alone and sample([], None) != alone
 
 
+from pipeline.engines.base import BatchingEngine  # noqa: E402
+
+
 class _Recorder:
     """A stand-in for the HF engine's batched forward (this test is about who is batched with
     whom): answers each prompt with its length, records every batch."""
@@ -123,6 +126,8 @@ class _Recorder:
         import threading
 
         self._lock, self.batches, self.fail, self.policy_version = threading.Lock(), [], fail, 3
+
+    run_batch = BatchingEngine.run_batch  # the engine's own batch runner (error handling included)
 
     def generate_batch(self, prompts, params):
         from pipeline.engines.base import Generation

@@ -187,15 +187,20 @@ class BatchingEngine(Engine):
                     batch.append(item)
             except queue.Empty:
                 pass
-            with self._lock:
-                try:
-                    results = self.generate_batch([b[0] for b in batch], [b[1] for b in batch])
-                except Exception as e:  # noqa: BLE001 - handed to every waiting episode
-                    for _, _, fut in batch:
-                        fut.set_exception(EngineError(f"{type(self).__name__}: {type(e).__name__}: {e}"))
-                    continue
-            for (_, _, fut), res in zip(batch, results):
-                fut.set_result(res)
+            self.run_batch(batch)
+
+    def run_batch(self, batch: list) -> None:
+        """Generate one batch of (prompt ids, params, future) and settle every future: its
+        Generation, or the engine's error (handed to every waiting episode)."""
+        with self._lock:  # no weight update mid-batch
+            try:
+                results = self.generate_batch([b[0] for b in batch], [b[1] for b in batch])
+            except Exception as e:  # noqa: BLE001 - handed to every waiting episode
+                for _, _, fut in batch:
+                    fut.set_exception(EngineError(f"{type(self).__name__}: {type(e).__name__}: {e}"))
+                return
+        for (_, _, fut), res in zip(batch, results):
+            fut.set_result(res)
 
     def close(self) -> None:
         if not self._closed:

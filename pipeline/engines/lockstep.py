@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import Future
 
-from pipeline.engines.base import BatchingEngine, Engine, EngineError
+from pipeline.engines.base import BatchingEngine, Engine
 
 
 class Lockstep(Engine):
@@ -53,17 +53,8 @@ class Lockstep(Engine):
         return sorted(batch, key=lambda r: (r[1].seed is None, r[1].seed or 0, r[0]))
 
     def _run(self, batch: list) -> None:
-        if not batch:
-            return
-        try:
-            with self.engine._lock:  # as the engine's worker: no weight update mid-batch
-                results = self.engine.generate_batch([b[0] for b in batch], [b[1] for b in batch])
-        except Exception as e:  # noqa: BLE001 - handed to every waiting episode
-            for _, _, fut in batch:
-                fut.set_exception(EngineError(f"{type(self.engine).__name__}: {type(e).__name__}: {e}"))
-            return
-        for (_, _, fut), res in zip(batch, results):
-            fut.set_result(res)
+        if batch:
+            self.engine.run_batch(batch)
 
     def update_weights(self, buckets) -> int:
         raise TypeError("Lockstep batches one rollout's requests; update the engine it wraps")
