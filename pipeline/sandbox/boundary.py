@@ -67,13 +67,95 @@ NOBODY = 65534
 OOM_AGENT = 1000
 
 
+# Where a task may ask the agent to leave files outside its work dir: the only roots that
+# cross besides the work dir and ``TOOLCHAIN_CROSSES`` (an allow-list: a new kind of
+# top-level entry, ``/conftest.py``, ``/pytest.ini``, ``/node_modules``, ``/.git``, stays out).
+DATA_ROOTS = ("/home", "/root", "/srv", "/mnt", "/media", "/data", "/workspace", "/var/log", "/var/www", "/var/spool",
+              "/var/mail", "/var/backups", "/var/opt", "/logs/agent")  # fmt: skip
+
+
+def _under(p: str, roots) -> bool:
+    return any(p == r or p.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def _ancestors(p: str) -> set[str]:
+    """The strict ancestors of ``p`` ("/" included)."""
+    parts = p.strip("/").split("/")
+    return {"/" + "/".join(parts[:i]) for i in range(len(parts))} if p.strip("/") else set()
+
+
+def above_verifier(workdir: str = "") -> set[str]:
+    """Directories whose entries a verifier's tools read as configuration because of where
+    they are: the strict ancestors of ``GROUND`` and of the work dir (the verifier's cwd).
+    pytest finds its ini file and ``conftest.py`` walking up from its test files; Python's
+    path, git (``.git``), node (``node_modules``, ``package.json``), cargo (``.cargo``),
+    make's includes, editorconfig-style tools all walk up from their cwd or their files."""
+    wd = "/" + workdir.strip("/") if workdir.strip("/") else ""
+    return set().union(*(_ancestors(d) for d in (*GROUND, *((wd,) if wd else ()))))
+
+
 def crosses(path: str, workdir: str = "") -> bool:
-    """Whether a changed path of the agent's container is carried into the verifier's (the
-    task's work dir always is, wherever the task put it)."""
+    """Whether a changed path of the agent's container is carried into the verifier's: an
+    allow-list of roots (the work dir, ``DATA_ROOTS``, ``TOOLCHAIN_CROSSES``), minus scratch,
+    the verifier's ground and the toolchain, and minus every entry of a directory above the
+    verifier's files or the work dir (``above_verifier``) but the path down to them and the
+    named roots: nothing of the agent's sits where a verifier's tool looks for configuration."""
     p = "/" + path.strip("/")
-    under = lambda roots: any(p == r or p.startswith(r + "/") for r in roots)  # noqa: E731
-    allowed = TOOLCHAIN_CROSSES + ((workdir.rstrip("/"),) if workdir.strip("/") else ())
-    return p != "/" and not under(SCRATCH + GROUND) and (not under(TOOLCHAIN) or under(allowed))
+    wd = "/" + workdir.strip("/") if workdir.strip("/") else ""
+    named = DATA_ROOTS + TOOLCHAIN_CROSSES + ((wd,) if wd else ())
+    if p == "/" or _under(p, SCRATCH + GROUND) or not _under(p, named):
+        return False
+    if _under(p, TOOLCHAIN) and not _under(p, TOOLCHAIN_CROSSES + ((wd,) if wd else ())):
+        return False
+    above = above_verifier(workdir)
+    parent = p.rsplit("/", 1)[0] or "/"
+    return parent not in above or p in above or p in named
+
+
+def member_path(parent: str, name: str) -> str:
+    """The absolute path of a tar member named ``name`` relative to ``parent`` (only a
+    leading ``./`` or ``/`` is a prefix: ``.git/index`` stays ``.git/index``)."""
+    while name.startswith("./"):
+        name = name[2:]
+    name = name.lstrip("/")
+    return parent.rstrip("/") + "/" + name if name not in ("", ".") else (parent.rstrip("/") or "/")
+
+
+# Privilege never crosses in a file's metadata: the setuid and setgid bits are cleared and
+# of the pax records only these are kept (no xattrs: ``security.capability``, ACLs, SELinux
+# labels; no others). The sweep (below) does the same to the tree in place, on every backend.
+PRIVILEGE_BITS = 0o6000
+PAX_KEPT = ("path", "linkpath", "size", "uid", "gid", "uname", "gname", "mtime")
+
+
+def unprivileged(m: tarfile.TarInfo) -> tarfile.TarInfo:
+    """The member without the setuid/setgid bits and without extended attributes."""
+    if DEFENCES.strip_privilege:
+        m.mode &= ~PRIVILEGE_BITS if not m.isdir() else ~0o4000  # (a dir's setgid: group inheritance only)
+        m.pax_headers = {k: v for k, v in m.pax_headers.items() if k in PAX_KEPT}
+    return m
+
+
+class Defences:
+    """The three layers that keep privilege carried in file metadata from crossing into the
+    verifier (each alone stops it; tests switch them off one by one to show that, and all
+    three to show the attack is real). Nothing in a config reaches these switches.
+    - ``strip_privilege``: the carry and the sweep clear setuid/setgid and drop xattrs.
+    - ``no_new_privs_container``: the verifier's container runs with no-new-privileges.
+    - ``no_new_privs_drop``: every drop to the agent's uid sets no-new-privs, clears the
+      inheritable capabilities (the kernel clears the others at the uid change)."""
+
+    strip_privilege = True
+    no_new_privs_container = True
+    no_new_privs_drop = True
+
+
+DEFENCES = Defences()
+
+
+def drop_flags() -> str:
+    """setpriv's flags for a drop to the agent's uid, after ``--reuid/--regid``."""
+    return "--no-new-privs --inh-caps=-all " if DEFENCES.no_new_privs_drop else ""
 
 
 class TreeRefused(SandboxError):
@@ -118,7 +200,7 @@ def filter_tar(chunks: Iterable[bytes], parent: str, out: BinaryIO, budget: dict
     with tarfile.open(fileobj=io.BufferedReader(_Chunks(chunks), 1 << 16), mode="r|") as src, \
             tarfile.open(fileobj=out, mode="w|") as dst:  # fmt: skip
         for m in src:
-            path = parent.rstrip("/") + "/" + m.name.lstrip("./")
+            path = member_path(parent, m.name)
             if not crosses(path, workdir) or not (m.isdir() or m.isfile() or m.issym() or m.islnk()):
                 continue
             if only and not any(path == o or path.startswith(o + "/") for o in only):
@@ -130,7 +212,7 @@ def filter_tar(chunks: Iterable[bytes], parent: str, out: BinaryIO, budget: dict
                 budget["bytes"] -= m.size
             if budget["bytes"] < 0 or budget["entries"] < 0:
                 raise TreeRefused(f"the agent's tree is over the copy cap ({path}: {m.size} bytes apparent)")
-            dst.addfile(m, src.extractfile(m) if m.isfile() else None)
+            dst.addfile(unprivileged(m), src.extractfile(m) if m.isfile() else None)
             kept.add(m.name)
 
 
@@ -146,12 +228,15 @@ def top_paths(paths: list[str]) -> list[str]:
 # The sweep: run as root in the verifier's sandbox (its own, clean toolchain) over the
 # roots the agent could write, after the agent's tree arrived and before the tests are
 # laid. Iterative (no recursion limit on a deep tree), never follows a link, never raises.
-# Removes special files and links that resolve into the verifier's ground; prints one
-# line per removal and a final count line.
+# Removes special files and links that resolve into the verifier's ground; with ``strip``,
+# clears setuid/setgid bits (a directory keeps its setgid) and removes every extended
+# attribute but ``user.*`` (file capabilities, ACLs). Prints one line per removal and a
+# final count line.
 SWEEP = r'''
 import os, stat, sys
 ground = {GROUND!r}
 danger = set(ground) | {{"/", "/logs", "/proc"}}
+strip = sys.argv[1] == "strip"
 def bad(path):
     try:
         raw = os.readlink(path)
@@ -161,7 +246,17 @@ def bad(path):
         return True
     t = os.path.realpath(path)
     return t in danger or any(t.startswith(g + "/") for g in ground) or t.startswith("/proc/")
-removed, stack = 0, [r for r in sys.argv[1:] if os.path.lexists(r)]
+def unprivilege(path, st):
+    bits = stat.S_ISUID | (0 if stat.S_ISDIR(st.st_mode) else stat.S_ISGID)
+    try:
+        if st.st_mode & bits:
+            os.chmod(path, stat.S_IMODE(st.st_mode) & ~bits)
+        for name in os.listxattr(path):
+            if not name.startswith("user."):
+                os.removexattr(path, name)
+    except OSError as e:
+        print("cannot unprivilege", repr(path), e)
+removed, stack = 0, [r for r in sys.argv[2:] if os.path.lexists(r)]
 while stack:
     top = stack.pop()
     try:
@@ -178,6 +273,8 @@ while stack:
         except OSError as e:
             print("cannot remove", repr(top), e)
         continue
+    if strip and not stat.S_ISLNK(st.st_mode):
+        unprivilege(top, st)
     if stat.S_ISDIR(st.st_mode):
         try:
             if os.getuid() != 0 and stat.S_IMODE(st.st_mode) & 0o500 != 0o500:  # no root: the agent's own dirs
@@ -192,4 +289,5 @@ print("sweep-removed", removed)
 
 def sweep_command(roots: list[str]) -> str:
     """The shell command that runs ``SWEEP`` over ``roots`` with an isolated Python."""
-    return "python3 -I -c " + shlex.quote(SWEEP) + " " + " ".join(shlex.quote(r) for r in roots)
+    mode = "strip" if DEFENCES.strip_privilege else "keep"
+    return "python3 -I -c " + shlex.quote(SWEEP) + f" {mode} " + " ".join(shlex.quote(r) for r in roots)

@@ -104,7 +104,7 @@ class BwrapSandbox(Sandbox):
             steps += [f"ulimit -v {cfg.memory_mb << 10}"] + ([f"ulimit -u {cfg.pids}"] if not verifier else [])
         run = 'exec "$@"'
         if self.run_as is not None and not verifier:  # the agent never runs as the trainer's root
-            run = f'exec setpriv --reuid={self.run_as} --regid={self.run_as} --clear-groups "$@"'
+            run = f'exec setpriv --reuid={self.run_as} --regid={self.run_as} --clear-groups {boundary.drop_flags()}"$@"'
         return ["/bin/bash", "-c", " && ".join(steps + [run]), "echo-rl-sandbox"]
 
     def exec(self, command: str, *, timeout_s: float | None = None, verifier: bool = False,

@@ -124,8 +124,12 @@ class DockerBackend(DockerImages, SandboxBackend):
                 box._root(f"chown -R {AGENT_UID}:{AGENT_UID} /app")
         return box
 
-    def _create(self, spec: dict, net_kw: dict):
+    def _create(self, spec: dict, net_kw: dict, verifier: bool = False):
+        """A container of ``spec``. The verifier's runs with no-new-privileges: no process in
+        it gains privilege from a setuid bit or a file capability (``boundary.Defences``)."""
         cfg = self.cfg
+        if verifier and boundary.DEFENCES.no_new_privs_container:
+            net_kw = {**net_kw, "security_opt": ["no-new-privileges"]}
         try:
             return self.client.containers.run(
                 spec["image"], ["python3", "-c", KEEPER], detach=True, **net_kw, pids_limit=cfg.pids, user="0",
@@ -162,7 +166,7 @@ class DockerBackend(DockerImages, SandboxBackend):
         filesystem changes that cross the boundary (``boundary.crosses``) are copied."""
         box.network_for_verifier()
         spec = {**box.spec, "labels": {**box.spec["labels"], "echo-rl.episode": f"{episode}-verifier"}}
-        container = self._create(spec, {"network_mode": f"container:{box.container.id}"})
+        container = self._create(spec, {"network_mode": f"container:{box.container.id}"}, verifier=True)
         vbox = DockerSandbox(self.cfg, container, workdir=box.workdir, agent_uid=box.agent_uid, env=box.env,
                              networks=(box.verifier_net, box.verifier_net))  # fmt: skip
         vbox.agent_gid, vbox.agent_name, vbox.agent_home = box.agent_gid, box.agent_name, box.agent_home

@@ -110,8 +110,12 @@ class DockerSandbox(Sandbox):
         )
 
     def dropper(self) -> str:
-        """The command prefix that runs what follows as the agent (util-linux setpriv)."""
-        return f"setpriv --reuid={self.agent_uid} --regid={self.agent_gid} --init-groups -- "
+        """The command prefix that runs what follows as the agent (util-linux setpriv): with
+        no-new-privs and no inheritable capabilities (``boundary.drop_flags``), so nothing the
+        agent runs gains privilege from a file's metadata; a task's own ``[agent] user`` keeps
+        what its image grants it (sudo), the verifier's defences stay (``boundary.Defences``)."""
+        flags = "" if getattr(self, "own_user", False) else boundary.drop_flags()
+        return f"setpriv --reuid={self.agent_uid} --regid={self.agent_gid} --init-groups {flags}-- "
 
     def _verifier_env(self, env: dict[str, str] | None) -> str:
         """``env -i ...``: the image's own variables (the task's, not the agent's) minus

@@ -178,7 +178,7 @@ FAMILIES = {f.__name__: f for f in (
 TEST_SH = """#!/bin/bash
 cd /app
 if [ -n "${ECHO_RL_AGENT_UID:-}" ] && [ "$(id -u)" = 0 ]; then
-    as_agent() { setpriv --reuid="$ECHO_RL_AGENT_UID" --regid="$ECHO_RL_AGENT_UID" --clear-groups -- "$@"; }
+    as_agent() { setpriv --reuid="$ECHO_RL_AGENT_UID" --regid="$ECHO_RL_AGENT_UID" --clear-groups --no-new-privs --inh-caps=-all -- "$@"; }
 else
     as_agent() { "$@"; }
 fi

@@ -142,13 +142,16 @@ def parse_pytest(output: str) -> float:
     return 1.0 if all(s in PYTEST_OK for s in statuses) else 0.0
 
 
-_FINAL = re.compile(r"^=+ .*\b(passed|failed|skipped|errors?|xfailed|xpassed|deselected)\b.* in [\d.]+s.*=+\s*$", re.M)
+# pytest's final line: "==== 1 passed in 0.01s ====" (default, -v) or, under -q, the same
+# without the rules ("1 passed, 1 warning in 0.01s"); the time may be followed by "(0:01:02)"
+_FINAL = re.compile(r"^(?:=+ )?(?:\d+ (?:passed|failed|skipped|errors?|xfailed|xpassed|deselected|warnings?|rerun)"
+                    r"(?:, )?)+ in [\d.]+s\b.*$", re.M)
 
 
 def pytest_reward(output: str, exit_code: int | None) -> float:
     """``parse_pytest``, and 0 when the run contradicts its summary: the tests ended by a
     signal or a timeout (exit ≥ 128 or none), exited non-zero under an all-pass summary, or
-    printed no final ``N passed in Xs`` line after it (a summary forged, then pytest killed)."""
+    printed no final ``N passed in Xs`` line after it (with or without pytest's ``===`` rules) (a summary forged, then pytest killed)."""
     score = parse_pytest(output)
     if score > 0:
         last = list(_SUMMARY.finditer(output))[-1].end()
