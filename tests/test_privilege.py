@@ -160,3 +160,29 @@ def test_the_sweep_strips_privilege_in_place(tmp_path, monkeypatch):
             assert (mode, stat.S_IMODE(os.stat(d).st_mode), names) == (0o755, 0o2775, ["user.keep"])
         else:  # the control: nothing changes without the defence
             assert mode == 0o6755 and "trusted.echo" in names
+
+
+@pytest.mark.docker
+def test_audit_flags_a_task_that_runs_the_agents_program_as_root(tmp_path):
+    """`echo-rl tasks audit` tries, for every program of the agent's that a verifier may run,
+    a stand-in that writes the reward files, reads /tests and forges a pytest summary:
+    the fixture whose test.sh runs /app/solve.py as root is flagged; the same task running
+    it as the agent (``setpriv``, no-new-privs) is not (the control)."""
+    import json
+    import shutil
+
+    root = tmp_path / "hole"
+    shutil.copytree(FIXTURES.parent / "audit" / "harbor-root-runs-program", root / "t")
+    sound = tmp_path / "sound" / "t"
+    shutil.copytree(root / "t", sound)
+    test_sh = sound / "tests" / "test.sh"
+    test_sh.write_text(test_sh.read_text().replace(
+        "out=$(python3", "chmod 644 /tmp/input.txt; out=$(setpriv --reuid=65534 --regid=65534 --clear-groups "
+        "--no-new-privs -- python3"))  # fmt: skip
+    for where, code in ((root, 1), (sound, 0)):
+        r = subprocess.run([sys.executable, "-m", "pipeline.cli", "tasks", "audit", str(where), "--backend", "docker",
+                            "--attacks", "code_reads_the_check", "--json", str(tmp_path / "a.json")],
+                           capture_output=True, text=True, timeout=300, cwd=FIXTURES.parents[2])  # fmt: skip
+        assert r.returncode == code, (where, r.stdout + r.stderr[-2000:])
+        got = json.loads((tmp_path / "a.json").read_text())["tasks"][0]["got_through"]
+        assert got == (["code_reads_the_check"] if code else []), got
