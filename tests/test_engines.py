@@ -284,13 +284,37 @@ def test_update_weights_applies_a_version_only_when_complete_and_checked(tmp_pat
         assert torch.equal(p, dict(other.named_parameters())[n])
     g = engine.submit([1, 2], SamplingParams(max_tokens=2)).result()
     assert g.policy_version == 3
-    with pytest.raises(EngineError, match="checksum mismatch"):
-        engine.update_weights(buckets_of(other, version=4, checksum="0" * 64))
-    with pytest.raises(EngineError, match="out of order"):
-        engine.update_weights(list(reversed(buckets_of(other, version=4))))
-    with pytest.raises(EngineError, match="without its last bucket"):
-        engine.update_weights(buckets_of(other, version=4)[:1])
+    # rejected streams carry a third model's tensors: one applied anyway would show
+    third = tiny(tmp_path / "c", seed=2)
+    held = {n: p.detach().clone() for n, p in engine.model.named_parameters()}
+    assert any(not torch.equal(held[n], p) for n, p in third.named_parameters())
+    for bad, why in ((buckets_of(third, version=4, checksum="0" * 64), "checksum mismatch"),
+                     (list(reversed(buckets_of(third, version=4))), "out of order"),
+                     (buckets_of(third, version=4)[:1], "without its last bucket")):  # fmt: skip
+        with pytest.raises(EngineError, match=why):
+            engine.update_weights(bad)
+        assert all(torch.equal(held[n], p) for n, p in engine.model.named_parameters()), why
     assert engine.policy_version == 3  # no failed version was reported
+    assert engine.submit([1, 2], SamplingParams(max_tokens=2)).result().policy_version == 3
+    # a whole, checked version whose load fails part-way (a tensor of the wrong shape in its
+    # second bucket): the weights are mixed, so the engine refuses to sample until a whole
+    # version has loaded
+    wrong = buckets_of(third, version=5)
+    name, t = wrong[1].items[-1]
+    wrong[1].items[-1] = (name, torch.zeros(t.numel() + 1))
+    from pipeline.weights.stream import StreamChecksum
+
+    digest = StreamChecksum()
+    for b in wrong:
+        for n, x in b.items:
+            digest.update(n, x)
+    wrong[1] = WeightBucket(5, 1, wrong[1].items, last=True, checksum=digest.hexdigest())
+    with pytest.raises(Exception):
+        engine.update_weights(wrong)
+    with pytest.raises(EngineError, match="no longer whole"):
+        engine.submit([1, 2], SamplingParams(max_tokens=2)).result(timeout=60)
+    assert engine.update_weights(buckets_of(third, version=6)) == 6
+    assert engine.submit([1, 2], SamplingParams(max_tokens=2)).result().policy_version == 6
     engine.close()
     with pytest.raises(EngineError):
         apply_buckets([], lambda items: None)

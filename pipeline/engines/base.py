@@ -120,12 +120,11 @@ class Engine(abc.ABC):
         pass
 
 
-def apply_buckets(buckets: Iterable[WeightBucket], load) -> int:
-    """Feed each bucket's items to ``load(items)``, verify the final checksum, return the version.
-
-    The version is reported only after the last bucket was applied and its checksum matched
-    (the ordering contract of ``pipeline/weights/stream.py``)."""
-    digest, version, expect = StreamChecksum(), None, 0
+def read_version(buckets: Iterable[WeightBucket]) -> tuple[int, list[list]]:
+    """Read one version's whole stream and check it: order, completeness, the final checksum.
+    Returns ``(version, items of each bucket)``; raises ``EngineError`` before anything was
+    loaded (a rejected stream never touches the weights being served)."""
+    digest, version, expect, staged = StreamChecksum(), None, 0, []
     for b in buckets:
         if version is None:
             version = b.version
@@ -134,13 +133,25 @@ def apply_buckets(buckets: Iterable[WeightBucket], load) -> int:
                               f"expected version {version} bucket {expect}")  # fmt: skip
         for name, t in b.items:
             digest.update(name, t)
-        load(b.items)
+        staged.append(b.items)
         expect += 1
         if b.last:
             if b.checksum != digest.hexdigest():
                 raise EngineError(f"weight stream version {version}: checksum mismatch")
-            return version
+            return version, staged
     raise EngineError("weight stream ended without its last bucket")
+
+
+def apply_buckets(buckets: Iterable[WeightBucket], load) -> int:
+    """Check one version's stream whole (``read_version``), then feed each bucket's items to
+    ``load(items)``; return the version. Stage, then commit: nothing is loaded before the
+    version's checksum is known good (the ordering contract of ``pipeline/weights/stream.py``);
+    the staged items are the stream's own tensors (views of the learner's parameters, or the
+    resharded copies: at most one model copy held)."""
+    version, staged = read_version(buckets)
+    for items in staged:
+        load(items)
+    return version
 
 
 class BatchingEngine(Engine):
@@ -168,8 +179,15 @@ class BatchingEngine(Engine):
         return fut
 
     def update_weights(self, buckets):
+        """A rejected stream changes nothing (``read_version`` before any load); a load that
+        fails part-way leaves the weights mixed, and the engine then refuses to sample until
+        a whole version has loaded."""
         with self._lock:  # no batch runs while the weights change
-            self.policy_version = apply_buckets(buckets, self.load_weights)
+            version, staged = read_version(buckets)
+            self._mixed = True
+            for items in staged:
+                self.load_weights(items)
+            self._mixed, self.policy_version = False, version
         return self.policy_version
 
     def _serve(self) -> None:
@@ -194,6 +212,9 @@ class BatchingEngine(Engine):
         Generation, or the engine's error (handed to every waiting episode)."""
         with self._lock:  # no weight update mid-batch
             try:
+                if getattr(self, "_mixed", False):
+                    raise EngineError(f"a weight version failed part-way through loading; v{self.policy_version} "
+                                      "is no longer whole: no sampling until a whole version has loaded")  # fmt: skip
                 results = self.generate_batch([b[0] for b in batch], [b[1] for b in batch])
             except Exception as e:  # noqa: BLE001 - handed to every waiting episode
                 for _, _, fut in batch:

@@ -144,7 +144,7 @@ def _worker_classes():
             from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
 
             t0 = time.perf_counter()
-            self.digest, self.expect = StreamChecksum(), 0
+            self.digest, self.expect, self.pending = StreamChecksum(), 0, []
             initialize_layerwise_reload(self.model)
             self.timing = {"start": time.perf_counter() - t0, "receive": 0.0, "checksum": 0.0, "load": 0.0, "bytes": 0}
 
@@ -171,16 +171,22 @@ def _worker_classes():
             t1 = time.perf_counter()
             for name, t in items:
                 self.digest.update(name, t)
-            t2 = time.perf_counter()
-            self.model.load_weights([(n, t.to(self.device)) for n, t in items])
             tm = self.timing
             tm["receive"] += t1 - t0
-            tm["checksum"] += t2 - t1
-            tm["load"] += time.perf_counter() - t2
+            tm["checksum"] += time.perf_counter() - t1
             tm["bytes"] += info.nbytes
             self.expect += 1
-            if info.last and info.checksum != self.digest.hexdigest():
+            self.pending.append(items)  # stage, then commit: nothing loads before the checksum matched
+            if not info.last:
+                return
+            if info.checksum != self.digest.hexdigest():
+                self.pending = []
                 raise RuntimeError(f"weight stream version {info.version}: checksum mismatch")
+            t2 = time.perf_counter()
+            for staged in self.pending:
+                self.model.load_weights([(n, t.to(self.device)) for n, t in staged])
+            self.pending = []
+            tm["load"] += time.perf_counter() - t2
 
         def finish_weight_update(self) -> None:
             from vllm.model_executor.model_loader.reload import finalize_layerwise_reload

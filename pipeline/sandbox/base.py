@@ -33,6 +33,7 @@ class SandboxConfig:
     profile: str = "training"  # training: the hardened verifier phase (boundary.py) | harbor: Harbor's own semantics, for comparable evaluation (see the README)
     verifier_isolation: str = "separate"  # separate: a new sandbox with the agent's files and services (boundary.py) | same: the agent's (Harbor) | fresh: a new one with only the work tree
     copy_bytes: int = 256 << 20  # apparent bytes of the agent's files that may cross into the verifier's sandbox
+    copy_entries: int = 30_000  # files, dirs and links of the agent's that may cross (more is refused: the agent's failure); Podman's extraction grows faster than linearly: tools/bench/verifier_isolation.py --cost
     reward_key: str = "reward"  # reward.json: the key trained on (no such key: the mean of its values)
     image_map: dict = field(default_factory=dict)  # public image name → local one (air-gapped clusters, this machine)
     agent_network: str = "none"  # the agent phase's network: none | task (what the task declares: allow_internet / network_mode)
@@ -58,7 +59,7 @@ class SandboxConfig:
         for n in ("agent_network", "verifier_network"):
             if getattr(self, n) not in ("none", "task"):
                 errs.append((n, f"must be none or task, got {getattr(self, n)!r}"))
-        for n in ("memory_mb", "pids", "output_bytes", "drain_bytes", "copy_bytes"):
+        for n in ("memory_mb", "pids", "output_bytes", "drain_bytes", "copy_bytes", "copy_entries"):
             if getattr(self, n) < 1:
                 errs.append((n, f"must be ≥ 1, got {getattr(self, n)}"))
         if self.timeout_s <= 0:

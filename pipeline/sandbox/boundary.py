@@ -159,12 +159,11 @@ def drop_flags() -> str:
 
 
 class TreeRefused(SandboxError):
-    """The agent's tree cannot cross (over ``copy_bytes``, too many entries): the agent's
+    """The agent's tree cannot cross (over ``copy_bytes`` or ``copy_entries``, too deep): the agent's
     doing. The verifier's blame check then runs where no agent acted, and the episode
     scores 0 with ``failure="agent"``."""
 
 
-MAX_ENTRIES = 200_000  # entries of the agent's tree that may cross
 MAX_DEPTH = 256  # directory levels of the agent's tree that may cross (engines' archives stop at PATH_MAX)
 
 

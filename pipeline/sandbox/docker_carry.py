@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.sandbox.base import SandboxError
-from pipeline.sandbox.boundary import MAX_DEPTH, MAX_ENTRIES, OUTV, SCRATCH, TreeRefused, crosses, filter_tar, top_paths
+from pipeline.sandbox.boundary import MAX_DEPTH, OUTV, SCRATCH, TreeRefused, crosses, filter_tar, top_paths
 
 if TYPE_CHECKING:  # (types only: docker_sandbox calls this module)
     from pipeline.sandbox.docker_sandbox import DockerSandbox
@@ -60,16 +60,22 @@ def refuse_deep(src: DockerSandbox, paths: list[str]) -> None:
 
 
 def refuse_large(src: DockerSandbox, paths: list[str]) -> None:
-    """The apparent size of what would cross, before any of it is read (the stream's own
-    budget stays the bound where this listing lies)."""
+    """The apparent size and the number of entries of what would cross, before any of it is
+    read (the stream's own budget stays the bound where this listing lies): a tree over
+    either cap is refused in about a second, whatever its size (the agent's failure)."""
     if not paths:
         return
-    out = src._run(f"du -s -c -B1 --apparent-size -- {' '.join(shlex.quote(p) for p in paths)} 2>/dev/null | tail -1",
+    cap = src.cfg.copy_entries
+    roots = " ".join(shlex.quote(p) for p in paths)
+    out = src._run(f"du -s -c -B1 --apparent-size -- {roots} 2>/dev/null | tail -1; "
+                   f"find {roots} -xdev 2>/dev/null | head -n {cap + len(paths) + 1} | wc -l",
                    "0", workdir="/", deadline_s=120)  # fmt: skip
     words = out.split()
     if words and words[0].isdigit() and int(words[0]) > src.cfg.copy_bytes:
         raise TreeRefused(f"the agent's changed files are {int(words[0])} bytes apparent, over the copy cap "
                           f"{src.cfg.copy_bytes} (sandbox.copy_bytes)")  # fmt: skip
+    if len(words) >= 3 and words[-1].isdigit() and int(words[-1]) > cap + len(paths):
+        raise TreeRefused(f"the agent's changed tree has more than {cap} entries (sandbox.copy_entries)")
 
 
 def copy_paths(src: DockerSandbox, dst: DockerSandbox, paths: list[str]) -> None:
@@ -78,7 +84,7 @@ def copy_paths(src: DockerSandbox, dst: DockerSandbox, paths: list[str]) -> None
     the trainer never holds an archive in memory. Each path is read through its parent's
     archive: the engine's archive of a path that is a link follows the link (Podman), and
     a link must cross as a link."""
-    budget = {"bytes": src.cfg.copy_bytes, "entries": MAX_ENTRIES}
+    budget = {"bytes": src.cfg.copy_bytes, "entries": src.cfg.copy_entries}
     refuse_deep(src, paths)
     refuse_large(src, paths)
     groups: dict[str, list[str]] = {}
