@@ -34,13 +34,19 @@ setup: $(VENV)/.installed $(VENV)/.system
 train: setup
 	$(VENV)/bin/echo-rl train configs/tiny.yaml $(ARGS)
 
+# Two workers (one per core), each taking whole files (module fixtures stay whole); every
+# test has a timeout (pyproject: pytest-timeout); skip reasons are printed, and with CI set
+# a skip outside tests/conftest.py's ALLOWED_SKIPS fails the run.
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile -rs
 test: setup
 	@bash tools/podman_setup.sh >/dev/null
 	@bash tools/slurm_local.sh >/dev/null
-	$(PY) -m pytest -q -p no:cacheprovider --durations=25 $(ARGS)
+	$(PYTEST) --durations=25 $(ARGS)
 
+# The edit-test loop: everything but the expensive families (their markers, pyproject.toml)
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow" $(ARGS)
+	@bash tools/podman_setup.sh >/dev/null
+	$(PYTEST) -m "not slow and not docker and not slurm and not vllm and not microcosm and not redteam" $(ARGS)
 
 bench: setup
 	$(PY) tools/bench/echo_overhead.py

@@ -335,7 +335,7 @@ def test_vllm_cpu_rollout_end_to_end(tmp_path, task_rootfs):
     # after update_weights vLLM samples from the new weights (a tied lm_head included), not the old
     assert s["new_weights_gap"] < 1e-3 < s["old_weights_gap"], s
     html = (tmp_path / "vllm.html").read_text()
-    assert "ACTION" in html and "WARNING" in html or "OUTPUT" in html
+    assert "ACTION" in html and ("WARNING" in html or "OUTPUT" in html)
 
 
 @pytest.mark.vllm

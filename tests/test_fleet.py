@@ -158,6 +158,7 @@ def test_training_with_two_hosts_finishes_every_step_when_one_is_stopped_after_t
     trajs = {s: load_jsonl(rd / "trajectories" / f"step_{s:06d}.jsonl") for s in range(3)}
     assert {t.metadata["sandbox_host"] for t in trajs[0]} == {a, b}  # both hosts served step 0
     later = trajs[1] + trajs[2]
+    assert later, "no episode ran after the host was stopped: the checks below would hold vacuously"
     assert not [t.task_id for t in later if t.infra_error]  # no episode lost with the host
     assert all(t.metadata["sandbox_host"] == a for t in later)  # nothing ran on the stopped host
     moved = [t for t in later if t.metadata.get("infra_lost_on")]

@@ -147,16 +147,21 @@ def test_payload_written_by_the_verifier_is_read_as_reward(backend, targets):
 def test_agent_caused_verifier_failure_is_zero_not_infra(backend, targets, chat):
     """A verifier the agent broke scores 0 with verifier_failure=agent; one that fails on a
     fresh sandbox too stays an infra error; the metric counts the former."""
-    task = targets[1]  # python_fix: its check runs the agent's sum.py, as the agent
-    hog = "nohup bash -c 'while true; do sleep 1000 & done' > /dev/null 2>&1 & sleep 2; true"
-    traj = _episode(task, [hog], backend, chat)
-    assert not traj.infra_error and traj.reward == 0.0
+    from dataclasses import replace
+
+    # python_fix: its check runs the agent's sum.py, as the agent; a sum.py that never ends
+    # makes the verifier time out (5 s here), where the untouched one ends at once
+    task = replace(targets[1], verifier_timeout_s=5)
+    hang = "printf 'import time\\ntime.sleep(120)\\n' > /app/sum.py"
+    traj = _episode(task, [hang], backend, chat)
+    assert (traj.infra_error, traj.reward) == (False, 0.0), traj.metadata
+    assert traj.metadata["verifier_failure"] == "agent" and "timed out" in traj.metadata["verifier_detail"]
     broken = load_task(task.task_dir)
     broken.tests = {"/tests/test.sh": b"#!/bin/bash\nexit 3\n"}
     traj2 = _episode(broken, ["true"], backend, chat)
     assert traj2.infra_error and "on a fresh sandbox too" in traj2.metadata["infra_error"]
     m = rollout_metrics([traj, traj2])
-    assert m["rollout/verifier_agent_failures"] == float(traj.metadata.get("verifier_failure") == "agent")
+    assert m["rollout/verifier_agent_failures"] == 1.0
 
 
 def test_reward_file_is_read_without_following_links(backend, targets, tmp_path):

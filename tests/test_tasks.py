@@ -92,12 +92,11 @@ def test_pytest_parser_as_terminal_bench():
     (b'{"a": 1, "b": 0}', {"a": 1.0, "b": 0.0, "reward": 0.5}),  # no "reward": the mean
 ])  # fmt: skip
 def test_reward_json(raw, rewards):
-    from pipeline.tasks.verifier import parse_reward_json
+    from pipeline.tasks.verifier import rewards_from_json  # what the verifier itself reads
 
-    got = parse_reward_json(raw)
-    if "reward" not in got:
-        got["reward"] = sum(got.values()) / len(got)
-    assert got == rewards
+    assert rewards_from_json(raw, "reward") == rewards
+    if "reward" not in rewards:  # another training key: the mean under that name
+        assert rewards_from_json(raw, "score")["score"] == rewards["reward"]
 
 
 @pytest.mark.parametrize("raw", [b"[1]", b"{}", b'{"reward": "1"}', b'{"reward": true}', b'{"reward": NaN}', b"nope"])

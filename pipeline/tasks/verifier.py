@@ -120,6 +120,15 @@ def parse_reward_json(raw: bytes) -> dict[str, float]:
     return {str(k): float(v) for k, v in obj.items()}
 
 
+def rewards_from_json(raw: bytes, reward_key: str = "reward") -> dict[str, float]:
+    """The named rewards of a ``reward.json``, with ``reward_key`` (the training reward) the
+    mean of the others where the verifier did not write it."""
+    rewards = parse_reward_json(raw)
+    if reward_key not in rewards:
+        rewards[reward_key] = sum(rewards.values()) / len(rewards)
+    return rewards
+
+
 _SUMMARY = re.compile(r"^=+ short test summary info =+\s*$", re.M)
 _STATUS = re.compile(r"^(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b")
 
@@ -218,10 +227,7 @@ def _run_tests(task: Task, box, reward_key: str, stop_root_agent: bool = True) -
         return {reward_key: pytest_reward(out.decode("utf-8", errors="replace"), result.exit_code)}
     raw = box.read_file(REWARD_JSON, max_bytes=MAX_REWARD_BYTES)
     if raw is not None:
-        rewards = parse_reward_json(raw)
-        if reward_key not in rewards:
-            rewards[reward_key] = sum(rewards.values()) / len(rewards)
-        return rewards
+        return rewards_from_json(raw, reward_key)
     raw = box.read_file(REWARD_TXT, max_bytes=MAX_REWARD_BYTES)
     if raw is None:
         tail = (box.read_file(TEST_STDOUT, max_bytes=MAX_STDOUT_BYTES) or b"")[-500:]
