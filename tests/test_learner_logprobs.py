@@ -34,6 +34,48 @@ def test_chunked_equals_log_softmax_gather(dtype, tol, T, chunk_rows):
     assert (leaf.grad[:, 37:] == 0).all()  # vocab padding gets no gradient
 
 
+@pytest.fixture
+def megatron_tp1():
+    """Megatron's parallel state on one gloo process (its cross-entropy asks for the TP group)."""
+    import os
+    import socket
+
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    parallel_state.initialize_model_parallel(1, 1)
+    yield
+    parallel_state.destroy_model_parallel()
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-6), (torch.float64, 2e-6)])  # (Megatron computes in fp32)
+@pytest.mark.parametrize("T", [1.0, 0.8])
+def test_megatron_path_equals_log_softmax_gather(dtype, tol, T, megatron_tp1):
+    """``logprob_impl=megatron`` (Megatron's vocab_parallel_cross_entropy, TP=1 here) against
+    the naive fp64 log-softmax: values, gradients, vocab padding, and its input untouched
+    (Megatron subtracts the max in place on fp32)."""
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(23, 40, generator=g).to(dtype) * 3
+    targets = torch.randint(0, 37, (23,), generator=g)
+    upstream = torch.randn(23, generator=g)
+    ref_x, ref = reference(logits, targets, 37, T)
+    (ref * upstream.double()).sum().backward()
+    leaf = logits.clone().requires_grad_()
+    before = leaf.detach().clone()
+    out = token_logprobs(leaf, targets, vocab_size=37, temperature=T, impl="megatron")
+    assert torch.equal(leaf.detach(), before)
+    (out * upstream).sum().backward()
+    torch.testing.assert_close(out.double(), ref, atol=tol, rtol=0)
+    torch.testing.assert_close(leaf.grad.double(), ref_x.grad, atol=tol, rtol=0)
+    assert (leaf.grad[:, 37:] == 0).all()
+
+
 @pytest.mark.parametrize("other_first", [False, True])
 def test_sharing_the_logits_never_gives_silently_wrong_grads(other_first):
     """The backward writes into the logits buffer. If another op also saved the logits,
