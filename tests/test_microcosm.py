@@ -307,12 +307,20 @@ def _rerun_is_bit_identical(again: Path, first: Path, rows: list[dict]) -> None:
     ckpts = sorted(p.relative_to(first) for p in (first / "runs").glob("*-seed0-*/ckpt/step_*/*.distcp"))
     assert len(ckpts) >= 8  # the warm start and the three arms
     assert all((first / p).read_bytes() == (again / p).read_bytes() for p in ckpts)
+    # the rerun reproduces updates, not a no-op: the ECHO arms' losses are not 0 and their
+    # weights moved away from the warm start's (GRPO has no reward at this size: its loss is 0)
+    assert all(float(r["loss"]) > 0 for r in rows if r["seed"] == "0" and r["arm"].startswith("echo") and r["loss"])
+    warm = {p.name: p.read_bytes() for p in (first / "runs").glob("warmstart-seed0-*/ckpt/step_*/*.distcp")}
+    moved = [p for p in ckpts if "echo" in str(p)]
+    pairs = [(warm[p.name], (first / p).read_bytes()) for p in moved if p.name in warm]
+    assert pairs and all(a != b for a, b in pairs)
     # positive control: the comparison tells weights apart (seed 1's arms trained other weights)
     other = [first / str(p).replace("-seed0-", "-seed1-") for p in ckpts if "grpo" in str(p)]
     assert other and all(o.read_bytes() != (first / p).read_bytes() for o, p in zip(other, [p for p in ckpts if "grpo" in str(p)]))
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_every_experiment_runs_end_to_end_at_ci_size(tmp_path):
     out = tmp_path / "mc"
     for exp in ("rl", "probe", "env_only", "supervised"):

@@ -149,6 +149,8 @@ def test_datasets_nested_one_level(tmp_path):
         load_task_set(tmp_path / "registry" / "set-a" / "files_mkdir-1-0" / "tests")
 
 
+@pytest.mark.timeout(1800)
+@pytest.mark.docker
 def test_tasks_check_passes_the_fixtures_on_docker(tmp_path):
     """The oracle run of every fixture, public and own, through the CLI on Podman."""
     from pipeline.sandbox import SandboxError
@@ -161,11 +163,12 @@ def test_tasks_check_passes_the_fixtures_on_docker(tmp_path):
     out = tmp_path / "check.json"
     r = subprocess.run([sys.executable, "-m", "pipeline.cli", "tasks", "check", str(FIXTURES), "--config",
                         str(FIXTURES / "check.yaml"), "--jobs", "2", "--json", str(out)],
-                       capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+                       capture_output=True, text=True, cwd=ROOT, timeout=1500)  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
     rows = json.loads(out.read_text())["tasks"]
     assert {row["task"] for row in rows} == {"tb1-hello-world", "harbor-reward-json", "harbor-service", "tb1-compose",
-                                          "harbor-compose-service", "harbor-pytest-ctrf", "harbor-root-service"}
+                                          "harbor-compose-service", "harbor-pytest-ctrf", "harbor-root-service",
+                                          "harbor-entrypoint-service", "harbor-build-installs", "harbor-agent-user"}
     assert all((row["noop"], row["oracle"]) == (0.0, 1.0) for row in rows)
     assert json.loads(out.read_text())["tasks"][0]["rewards"]  # the named rewards are reported
 
@@ -186,13 +189,13 @@ def test_unmapped_image_fails_with_one_line_naming_it(tmp_path):
         b = DockerBackend(SandboxConfig(backend="docker"))
     except SandboxError as e:
         pytest.skip(f"docker backend unavailable: {e}")
-    task = load_task(FIXTURES / "tb1-hello-world")
-    public = task.dockerfile.read_text().split()[1]
-    try:  # an earlier mapped build tagged the stand-in under the public name
-        b.client.images.remove(public)
-    except Exception:
-        pass
-    with pytest.raises(SandboxError, match=r"ghcr.io/laude-institute/t-bench/ubuntu-24-04:latest.*sandbox.image_map"):
+    import shutil
+
+    shutil.copytree(FIXTURES / "tb1-hello-world", tmp_path / "t")
+    public = "registry.example.invalid/no-stand-in/base:1"  # no stand-in is tagged under this name
+    (tmp_path / "t" / "Dockerfile").write_text(f"FROM {public}\nWORKDIR /app\n")
+    task = load_task(tmp_path / "t")
+    with pytest.raises(SandboxError, match=r"registry.example.invalid/no-stand-in/base:1.*sandbox.image_map"):
         b.start(task=task)
     mapped = DockerBackend(SandboxConfig(backend="docker", image_map={public: "ubuntu:24.04"}))
     with mapped.start(task=task) as box:  # positive control: mapped, it builds and runs

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.sandbox.boundary import AGENT_ROOTS
 from pipeline.sandbox.errors import SandboxError
 
 
@@ -38,6 +39,7 @@ class SandboxConfig:
     image_map: dict = field(default_factory=dict)  # public image name → local one (air-gapped clusters, this machine)
     agent_network: str = "none"  # the agent phase's network: none | task (what the task declares: allow_internet / network_mode)
     verifier_network: str = "task"  # the verifier phase's: none | task (TB2's test.sh installs its tools from the internet)
+    build_network: str = "public"  # a task image's build (docker): public (the engine's default network, as Harbor and Terminal-Bench build: apt, pip) | none
     hosts: list = field(default_factory=list)  # docker: a fleet of Docker API hosts (pipeline/sandbox/fleet.py): URLs or {url, max_concurrent, tls_ca, tls_cert, tls_key}; [] = DOCKER_HOST alone
     host_probe_s: float = 10.0  # a down host is pinged again at most this often
     host_wait_s: float = 300.0  # at start, how long to wait for the first host of the fleet to answer
@@ -59,6 +61,8 @@ class SandboxConfig:
         for n in ("agent_network", "verifier_network"):
             if getattr(self, n) not in ("none", "task"):
                 errs.append((n, f"must be none or task, got {getattr(self, n)!r}"))
+        if self.build_network not in ("none", "public"):
+            errs.append(("build_network", f"must be none or public, got {self.build_network!r}"))
         for n in ("memory_mb", "pids", "output_bytes", "drain_bytes", "copy_bytes", "copy_entries"):
             if getattr(self, n) < 1:
                 errs.append((n, f"must be ≥ 1, got {getattr(self, n)}"))
@@ -130,18 +134,6 @@ def join_lines(parts: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return out
 
 
-# The verifier's process environment: system directories first on PATH, no user site.
-VERIFIER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# Inherited variables that change what a program loads: never passed to the verifier.
-UNSAFE_ENV = ("PYTHONPATH", "PYTHONSTARTUP", "PYTHONUSERBASE", "PYTHONHOME", "LD_PRELOAD", "LD_LIBRARY_PATH",
-              "LD_AUDIT", "BASH_ENV", "ENV", "PERL5LIB", "PERL5OPT", "NODE_OPTIONS", "RUBYOPT", "GIT_DIR",
-              "GIT_CONFIG_GLOBAL", "PYTEST_ADDOPTS", "PROMPT_COMMAND")  # fmt: skip
-# The verifier's ground: laid anew by the harness right before the verifier runs.
-VERIFIER_DIRS = ("/tests", "/logs/verifier")
-# Where an agent could leave files the verifier reads (swept before the tests run).
-AGENT_ROOTS = ("/app", "/home", "/root", "/logs/agent", "/tmp", "/var/tmp", "/dev/shm", "/opt", "/srv")
-
-
 def phase_networks(cfg: SandboxConfig, task) -> tuple[str, str]:
     """The network of the agent phase and of the verifier phase: "none" or "public".
 
@@ -187,7 +179,7 @@ class Sandbox(abc.ABC):
         absent, a link, a directory or anything but a regular file, or over ``max_bytes``."""
 
     def prepare_verifier(self, *, stop_agent: bool) -> None:
-        """Right before the verifier: remove whatever the agent left at ``VERIFIER_DIRS``
+        """Right before the verifier: remove whatever the agent left at ``/tests`` and ``/logs/verifier`` (``boundary.GROUND``)
         (files, links, directories, modes) and lay them anew, owned by the verifier and not
         writable by the agent; with ``stop_agent``, kill every process the agent left."""
 

@@ -26,7 +26,7 @@ What never crosses:
 - the toolchain: ``TOOLCHAIN`` comes from the task's image, never from the agent (what
   a root agent installs or replaces there is not what the verifier runs).
 - the environment: the verifier runs under ``env -i`` with ``VERIFIER_PATH``, a fresh
-  ``HOME`` and none of ``UNSAFE_ENV`` (``pipeline/sandbox/base.py``).
+  ``HOME`` and none of ``UNSAFE_ENV`` (below).
 - the verifier's ground itself: ``/tests`` is root's, mode 0700; code of the agent that a
   check runs is run as ``ECHO_RL_AGENT_UID`` (never root), which cannot read it.
 """
@@ -44,6 +44,15 @@ from pipeline.sandbox.errors import SandboxError
 # own tmpfs, root's (0700), so neither phase reads or floods the other's
 OUT, OUTV = "/run/echo-rl-out", "/run/echo-rl-vout"
 
+# The verifier's process environment: system directories first on PATH, no user site.
+VERIFIER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Inherited variables that change what a program loads: never passed to the verifier.
+UNSAFE_ENV = ("PYTHONPATH", "PYTHONSTARTUP", "PYTHONUSERBASE", "PYTHONHOME", "LD_PRELOAD", "LD_LIBRARY_PATH",
+              "LD_AUDIT", "BASH_ENV", "ENV", "PERL5LIB", "PERL5OPT", "NODE_OPTIONS", "RUBYOPT", "GIT_DIR",
+              "GIT_CONFIG_GLOBAL", "PYTEST_ADDOPTS", "PROMPT_COMMAND")  # fmt: skip
+# Where an agent could leave files the verifier reads, swept before the tests run (bwrap and
+# ``same``; docker ``separate`` sweeps what it carried).
+AGENT_ROOTS = ("/app", "/home", "/root", "/logs/agent", "/tmp", "/var/tmp", "/dev/shm", "/opt", "/srv")
 # The verifier's ground: laid anew by the harness right before the tests run.
 GROUND = ("/tests", "/logs/verifier", "/solution")
 # Scratch dirs: the verifier's are fresh (tmpfs), nothing of the agent's crosses.

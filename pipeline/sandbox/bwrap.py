@@ -37,7 +37,8 @@ from pathlib import Path
 from pipeline.sandbox import boundary
 from pipeline.sandbox.boundary import TreeRefused
 from pipeline.sandbox.cgroup import _Cgroup
-from pipeline.sandbox.base import (VERIFIER_PATH, ExecResult, Sandbox, SandboxBackend, SandboxConfig, SandboxError,
+from pipeline.sandbox.boundary import VERIFIER_PATH
+from pipeline.sandbox.base import (ExecResult, Sandbox, SandboxBackend, SandboxConfig, SandboxError,
                                    phase_networks)  # fmt: skip
 
 PREFIX = "echo-rl-"

@@ -42,8 +42,8 @@ from pathlib import Path
 from pipeline.sandbox import boundary
 from pipeline.sandbox.base import SandboxBackend, SandboxConfig, SandboxError, phase_networks
 from pipeline.sandbox.docker_images import PREP, DockerImages, _tree
-from pipeline.sandbox.docker_sandbox import (AGENT_HOME, AGENT_NAME, AGENT_UID, HOST, KEEPER, OUT, OUTV, OWNER,
-                                             PUBLIC_NET, DockerSandbox, _discard)  # noqa: F401 - the backend's names
+from pipeline.sandbox.docker_sandbox import (AGENT_HOME, AGENT_NAME, AGENT_UID, HARBOR_COMMAND, HOST, KEEPER, OUT,
+                                             OUTV, OWNER, PUBLIC_NET, DockerSandbox, _discard)  # noqa: F401 - the backend's names
 
 
 class DockerBackend(DockerImages, SandboxBackend):
@@ -104,6 +104,8 @@ class DockerBackend(DockerImages, SandboxBackend):
         box.spec, box.own_user = spec, cfg.agent_user == "task" and task is not None and task.agent_user not in ("", "root", "0")
         box.prepared = image.endswith(PREP)  # its oracle passed offline: install noise is not "needs the network"
         try:
+            if task is not None and task.healthcheck is not None:  # the image's own service is up first
+                _wait_for(container, task.healthcheck, "service_healthy", task.task_id)
             box._switch_network(box.agent_net)  # before any command of the agent's
             if box.own_user:  # the task's [agent] user: its image's account, its image's ownership
                 self._task_user(box, task)
@@ -130,9 +132,15 @@ class DockerBackend(DockerImages, SandboxBackend):
         cfg = self.cfg
         if verifier and boundary.DEFENCES.no_new_privs_container:
             net_kw = {**net_kw, "security_opt": ["no-new-privileges"]}
+        # The image's ENTRYPOINT runs as Harbor runs it (with Harbor's command), as the keeper's
+        # child; never in the verifier's container (the agent's already started the services,
+        # and they stay reachable in its network namespace).
+        entry = [] if verifier else self._entrypoint(spec["image"])
+        run = {"entrypoint": ["python3", "-c", KEEPER], "command": [*entry, *HARBOR_COMMAND]} if entry \
+            else {"command": ["python3", "-c", KEEPER]}  # fmt: skip
         try:
             return self.client.containers.run(
-                spec["image"], ["python3", "-c", KEEPER], detach=True, **net_kw, pids_limit=cfg.pids, user="0",
+                spec["image"], **run, detach=True, **net_kw, pids_limit=cfg.pids, user="0",
                 cap_drop=["NET_RAW"], **{k: v for k, v in spec.items() if k != "image"},
                 tmpfs={"/tmp": "size=256m,mode=1777", OUT: f"size={cfg.output_bytes + cfg.drain_bytes},mode=0700",
                        OUTV: f"size={cfg.output_bytes + cfg.drain_bytes},mode=0700",
@@ -140,6 +148,16 @@ class DockerBackend(DockerImages, SandboxBackend):
             )  # fmt: skip
         except Exception as e:
             raise SandboxError(f"container start failed ({spec['image']}): {e}") from e
+
+    def _entrypoint(self, image: str) -> list[str]:
+        """The image's ENTRYPOINT ([] when it has none, or it is a shell that would only run
+        Harbor's command)."""
+        try:
+            entry = (self.client.images.get(image).attrs.get("Config") or {}).get("Entrypoint") or []
+        except Exception:  # noqa: BLE001 - no such image: the create call says so
+            return []
+        entry = [entry] if isinstance(entry, str) else list(entry)
+        return [] if entry in (["/bin/sh", "-c"], ["sh", "-c"], ["/bin/bash", "-c"], ["bash", "-c"]) else entry
 
     @staticmethod
     def _lay_users(box: DockerSandbox) -> None:

@@ -34,6 +34,14 @@ def _context_digest(context: Path, extra: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def build_failure(task_id: str, dockerfile: Path, log: list[str], error: str) -> str:
+    """Which step of the Dockerfile failed, and its last output lines."""
+    steps = [line for line in log if re.match(r"^STEP \d+(/\d+)?:|^Step \d+/\d+ :", line)]
+    tail = "\n".join(line for line in log[-12:] if line.strip())
+    return (f"task {task_id}: building {dockerfile} failed at {steps[-1] if steps else 'its first step'}: "
+            f"{error.strip()[:600]}\n{tail[-1500:]}")
+
+
 class DockerImages:
     """The image half of ``DockerBackend`` (needs ``self.client``, ``self.cfg``, ``self.image``,
     ``self.builds``)."""
@@ -73,11 +81,24 @@ class DockerImages:
             return tag
         except Exception:
             pass
+        # Built as Harbor and Terminal-Bench build: with a network (the build is where a task's
+        # packages come from); the agent and verifier phases stay offline (phase_networks).
+        net = "none" if self.cfg.build_network == "none" else None  # None: the engine's default network
+        log: list[str] = []
         try:
-            self.client.images.build(path=str(context), dockerfile=rel, tag=tag, rm=True, network_mode="none",
-                                     timeout=int(timeout_s))  # fmt: skip
+            for chunk in self.client.api.build(path=str(context), dockerfile=rel, tag=tag, rm=True, forcerm=True,
+                                               network_mode=net, timeout=int(timeout_s), decode=True):  # fmt: skip
+                if "error" in chunk:
+                    raise SandboxError(build_failure(task_id, dockerfile, log, chunk["error"]))
+                log.extend(str(chunk.get("stream", "")).splitlines())
+        except SandboxError:
+            raise
         except Exception as e:
-            raise SandboxError(f"task {task_id}: building {dockerfile} failed: {str(e)[-1500:]}") from e
+            raise SandboxError(build_failure(task_id, dockerfile, log, str(e))) from e
+        try:
+            self.client.images.get(tag)
+        except Exception as e:
+            raise SandboxError(build_failure(task_id, dockerfile, log, f"no image {tag} after the build: {e}")) from e
         self.builds += 1
         return tag
 

@@ -18,22 +18,31 @@ import time
 
 from pipeline.sandbox import boundary
 from pipeline.sandbox.boundary import NOBODY, OOM_AGENT, OUT, OUTV
-from pipeline.sandbox.base import (UNSAFE_ENV, VERIFIER_PATH, ExecResult, Sandbox, SandboxConfig, SandboxError,
+from pipeline.sandbox.boundary import UNSAFE_ENV, VERIFIER_PATH
+from pipeline.sandbox.base import (ExecResult, Sandbox, SandboxConfig, SandboxError,
                                    phase_networks)  # fmt: skip
 
 OWNER, HOST = "echo-rl.owner", "echo-rl.host"
 # PID 1 of every episode container: immune to `kill -9 -1` (which stops a root agent's
-# processes before the verifier), has no child of its own for that loop to kill, and reaps
-# every orphan reparented to it, so dead processes never hold on to the pids limit.
+# processes before the verifier), and reaps every orphan reparented to it, so dead
+# processes never hold on to the pids limit. Given arguments, it first starts them as its
+# child: the image's ENTRYPOINT with Harbor's command (``HARBOR_COMMAND``), as Harbor runs a
+# task's main container (an entrypoint that starts the task's service, then sleeps).
 KEEPER = (
-    "import os, signal\n"
+    "import os, signal, sys\n"
     "signal.signal(signal.SIGCHLD, lambda *a: None)\n"
+    "if len(sys.argv) > 1 and os.fork() == 0:\n"
+    "    try:\n"
+    "        os.execvp(sys.argv[1], sys.argv[1:])\n"
+    "    finally:\n"
+    "        os._exit(127)\n"
     "while True:\n"
     "    try:\n"
     "        os.waitpid(-1, 0)\n"
     "    except ChildProcessError:\n"
     "        signal.pause()\n"
 )
+HARBOR_COMMAND = ["sh", "-c", "sleep infinity"]  # the main container's command under Harbor (its CMD replaced)
 EXEC_GRACE_S = 15.0  # past a command's own timeout, the trainer stops waiting for its exec
 EXEC_READ_BYTES = 64 << 10  # read past output_bytes (the trailer, a little slack) before the rest is dropped
 TRAILER = "ECHO-RL-EXEC-END"

@@ -71,6 +71,7 @@ class Task:
     allowed_hosts: list[str] = field(default_factory=list)
     services: dict[str, "Service"] = field(default_factory=dict)  # docker-compose services beside the agent's
     service_deps: dict[str, str] = field(default_factory=dict)  # the agent's service's depends_on (name → condition)
+    healthcheck: "Service | None" = None  # the agent's own container's health check ([environment.healthcheck] or compose main's): gates the agent's start
     extra: dict = field(default_factory=dict)  # task.toml / task.yaml fields kept but not used
 
 

@@ -29,8 +29,9 @@ Terminal-Bench 1 (``terminal_bench/handlers/trial_handler.py``, ``parsers/pytest
 The result is pytest's "short test summary info" (every test PASSED/SKIPPED/XFAIL), not the
 exit code. TB's harness also copies its own ``setup-uv-pytest.sh`` / ``run-uv-pytest.sh``
 into /tests (they install uv and pytest from the internet); here offline stand-ins with
-the same effect are laid beside the task's tests (``pytest`` must be in the image: the
-stand-in images of ``tools/podman_setup.sh`` and the bwrap rootfs have it).
+the same effect take their place, also over the copies a distributed task ships (``pytest``
+must be in the image: the stand-in images of ``tools/podman_setup.sh`` and the bwrap rootfs
+have it).
 """
 
 from __future__ import annotations
@@ -134,7 +135,8 @@ def load_harbor(task_dir: str | Path) -> Task:
     sol_dir = d / "solution"
     known = {"agent": {"timeout_sec", "user"}, "verifier": {"timeout_sec", "env"}, "solution": {"env"},
              "environment": {"build_timeout_sec", "docker_image", "cpus", "memory_mb", "memory", "storage_mb",
-                             "storage", "allow_internet", "network_mode", "allowed_hosts", "workdir", "env", "gpus"}}  # fmt: skip
+                             "storage", "allow_internet", "network_mode", "allowed_hosts", "workdir", "env", "gpus",
+                             "healthcheck"}}  # fmt: skip
     extra = {f"{t}.{k}": v for t, keys in known.items() for k, v in _table(meta, t, path).items() if k not in keys}
     extra.update({k: v for k, v in meta.items() if k not in known and k != "metadata"})
     gpus = _number(env, "gpus", f"{where} [environment]", 0, int)
@@ -159,7 +161,36 @@ def load_harbor(task_dir: str | Path) -> Task:
         agent_user=str(agent.get("user", "") or ""), network="none" if network == "no-network" else network,
         allowed_hosts=list(env.get("allowed_hosts", [])), extra=extra,
     )  # fmt: skip
+    if env.get("healthcheck") is not None:
+        task.healthcheck = main_healthcheck(env["healthcheck"], f"{where} [environment.healthcheck]")
     return _apply_compose(task, ("main",)) if task.compose else task
+
+
+def main_healthcheck(hc, where: str) -> Service:
+    """Harbor's ``[environment.healthcheck]``: ``command`` (a shell string, or an argv list,
+    or compose's ``test`` with CMD / CMD-SHELL), ``interval_sec``, ``timeout_sec``,
+    ``retries``, ``start_period_sec`` (compose's ``interval``/``timeout``/``start_period``
+    durations are read too). Run in the agent's container by exec, with compose's rules."""
+    if not isinstance(hc, dict):
+        raise TaskFormatError(f"{where}: must be a table")
+    out = Service(name="main")
+    test = hc.get("command", hc.get("test"))
+    if isinstance(test, str):
+        out.healthcheck = ["/bin/sh", "-c", test]
+    elif isinstance(test, list) and test and test[0] in ("CMD", "CMD-SHELL"):
+        out.healthcheck = ["/bin/sh", "-c", " ".join(map(str, test[1:]))] if test[0] == "CMD-SHELL" else list(map(str, test[1:]))
+    elif isinstance(test, list) and test:
+        out.healthcheck = [str(t) for t in test]
+    else:
+        raise TaskFormatError(f"{where}: needs a command (a string or a list), got {test!r}")
+    for key, attr in (("interval", "health_interval_s"), ("timeout", "health_timeout_s"), ("start_period", "health_start_s")):
+        if hc.get(f"{key}_sec") is not None:
+            setattr(out, attr, float(_number(hc, f"{key}_sec", where, 0.0)))
+        elif hc.get(key) is not None:
+            setattr(out, attr, _duration(hc[key], f"{where}.{key}"))
+    if hc.get("retries") is not None:
+        out.health_retries = int(_number(hc, "retries", where, 3, int))
+    return out
 
 
 def load_terminal_bench(task_dir: str | Path) -> Task:
@@ -175,8 +206,10 @@ def load_terminal_bench(task_dir: str | Path) -> Task:
     if parser != "pytest":
         raise TaskFormatError(f"{path}: parser_name {parser!r} is not supported (pytest is)")
     tests = {f"/tests/{k[len('/tests/'):]}": v for k, v in read_tree(d / "tests", "/tests").items()}
-    tests.setdefault("/tests/setup-uv-pytest.sh", TB_SETUP_UV_PYTEST)
-    tests.setdefault("/tests/run-uv-pytest.sh", TB_RUN_UV_PYTEST)
+    # TB's harness lays its own helpers over whatever a task ships (a distributed task carries
+    # copies that install uv from the internet): here the offline equivalents, always
+    tests["/tests/setup-uv-pytest.sh"] = TB_SETUP_UV_PYTEST
+    tests["/tests/run-uv-pytest.sh"] = TB_RUN_UV_PYTEST
     tests["/tests/run-tests.sh"] = _need(d / "run-tests.sh").read_bytes()
     solution = d / "solution.sh"
     solution_text = solution.read_text() if solution.is_file() else ""
@@ -238,6 +271,8 @@ def _apply_compose(task: Task, service_names: tuple[str, ...]) -> Task:
         task.image, task.dockerfile = main.image, main.dockerfile
     task.env.update(main.env)
     task.workdir = main.workdir or task.workdir
+    if main.healthcheck is not None and task.healthcheck is None:
+        task.healthcheck = main
     task.services = specs
     return task
 
