@@ -186,3 +186,19 @@ def test_audit_flags_a_task_that_runs_the_agents_program_as_root(tmp_path):
         assert r.returncode == code, (where, r.stdout + r.stderr[-2000:])
         got = json.loads((tmp_path / "a.json").read_text())["tasks"][0]["got_through"]
         assert got == (["code_reads_the_check"] if code else []), got
+
+
+@pytest.mark.docker
+def test_fixed_attacks_work_where_nothing_stops_them(python_fix, task_rootfs, tmp_path, chat):
+    """The two attacks that could not raise a reward even undefended, fixed, and shown to
+    work where their defence is absent: ``background_rewriter`` under Harbor's semantics
+    (the agent's processes run on into the verifier: reward.json, read first, says 1), and
+    ``user_site_pth`` for a Python that honours the agent's user site (the payload runs)."""
+    harbor = _backend("docker", task_rootfs, tmp_path, profile="harbor", image_map=IMAGE_MAP)
+    traj = _episode(python_fix, [BY_NAME["background_rewriter"].command], harbor, chat)
+    assert (traj.infra_error, traj.reward) == (False, 1.0), traj.metadata
+    with harbor.start(task=python_fix) as box:
+        box.exec(BY_NAME["user_site_pth"].command)
+        box.exec("python3 -c pass")  # the agent's own python (its user site on)
+        assert box.read_file("/logs/verifier/reward.txt") == b"1"
+        assert box.read_file("/logs/verifier/reward.json") == b'{"reward": 1}'
