@@ -54,7 +54,8 @@ def _sandbox_user_can_reach_basetemp(tmp_path_factory):
 # and the fast tier leaves them out (`make test-fast`). A file's own marks add to these.
 FAMILIES = {
     "docker": ("test_fleet", "test_honest_matrix", "test_leftovers", "test_prepare", "test_privilege",
-               "test_reward_integrity", "test_task_check_why", "test_task_network", "test_train_under_attack"),
+               "test_published_shapes", "test_reward_integrity", "test_task_check_why", "test_task_network",
+               "test_train_under_attack"),
     "redteam": ("test_honest_matrix", "test_leftovers", "test_privilege", "test_reward_integrity",
                 "test_train_under_attack"),
     "slurm": ("test_slurm",),

@@ -37,21 +37,10 @@ def test_chunked_equals_log_softmax_gather(dtype, tol, T, chunk_rows):
 @pytest.fixture
 def megatron_tp1():
     """Megatron's parallel state on one gloo process (its cross-entropy asks for the TP group)."""
-    import os
-    import socket
+    from tests.helpers.dist import single_process_megatron
 
-    import torch.distributed as dist
-    from megatron.core import parallel_state
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    parallel_state.initialize_model_parallel(1, 1)
-    yield
-    parallel_state.destroy_model_parallel()
-    dist.destroy_process_group()
+    with single_process_megatron():
+        yield
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-6), (torch.float64, 2e-6)])  # (Megatron computes in fp32)
