@@ -37,7 +37,7 @@ train: setup
 # Two workers (one per core), each taking whole files (module fixtures stay whole); every
 # test has a timeout (pyproject: pytest-timeout); skip reasons are printed, and with CI set
 # a skip outside tests/conftest.py's ALLOWED_SKIPS fails the run.
-PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile -rs
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile -rfEs
 test: setup
 	@bash tools/podman_setup.sh >/dev/null
 	@bash tools/slurm_local.sh >/dev/null

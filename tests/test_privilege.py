@@ -101,9 +101,12 @@ def test_crosses_is_an_allow_list_with_nothing_above_the_verifier():
     for p in ("/conftest.py", "/pytest.ini", "/pyproject.toml", "/node_modules", "/.git/config", "/logs/conftest.py",
               "/newtop/x", "/usr/local/bin/python3", "/tmp/x", "/tests/x", "/root/.local/bin/uv", "/etc/profile"):
         assert not boundary.crosses(p, "/app"), p
-    # the directories above a work dir deeper down: only the path down to it
-    assert not boundary.crosses("/srv/pytest.ini", "/srv/work") and not boundary.crosses("/srv/conftest.py", "/srv/work")
-    assert not boundary.crosses("/home/u/.git", "/home/u/proj") and boundary.crosses("/home/u/proj/.git", "/home/u/proj")
+    # the directories above a work dir deeper down: their data crosses, their configuration not
+    for p in ("/srv/pytest.ini", "/srv/conftest.py", "/srv/node_modules", "/srv/__init__.py", "/srv/Makefile",
+              "/home/u/.git", "/home/u/pyproject.toml", "/home/u/x.pth", "/home/conftest.py"):
+        assert not boundary.crosses(p, "/home/u/proj" if p.startswith("/home") else "/srv/work"), p
+    assert boundary.crosses("/home/u/proj/.git", "/home/u/proj") and boundary.crosses("/home/u/word.txt", "/home/u/proj")
+    assert boundary.crosses("/srv/data.csv", "/srv/work") and boundary.crosses("/home/u/proj/conftest.py", "/home/u/proj")
     assert boundary.crosses("/home/u", "/home/u/proj") and boundary.crosses("/srv/other/x", "/app")
 
 
@@ -129,7 +132,7 @@ def _filtered(monkeypatch, strip: bool) -> dict[str, tarfile.TarInfo]:
     out = io.BytesIO()
     boundary.filter_tar([src.getvalue()], "/", out, {"bytes": 1 << 20, "entries": 100}, workdir="/app")
     with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tar:
-        return {m.name: m for m in tar.getmembers()}
+        return {m.name.removeprefix("./"): m for m in tar.getmembers()}
 
 
 def test_filter_tar_strips_privilege_and_keeps_dot_directories(monkeypatch):

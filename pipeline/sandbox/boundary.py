@@ -103,12 +103,26 @@ def above_verifier(workdir: str = "") -> set[str]:
     return set().union(*(_ancestors(d) for d in (*GROUND, *((wd,) if wd else ()))))
 
 
+# What a tool finds by walking up from its cwd or its files: configuration and package
+# markers (pytest's ini files and conftest.py, Python packages and .pth files, git, node,
+# cargo, go, make, cmake...). In a directory above the verifier's files or the work dir,
+# these never cross, nor does any dot-entry (.git, .cargo, .npmrc, .python-version, ...).
+CONFIG_NAMES = {"conftest.py", "__init__.py", "setup.py", "pytest.ini", "pyproject.toml", "setup.cfg", "tox.ini",
+                "package.json", "node_modules", "Makefile", "makefile", "GNUmakefile", "Cargo.toml", "go.mod", "go.work",
+                "CMakeLists.txt", "Gemfile", "pom.xml", "build.gradle", "tsconfig.json", "deno.json", "composer.json"}  # fmt: skip
+
+
+def config_like(name: str) -> bool:
+    return name.startswith(".") or name in CONFIG_NAMES or name.endswith((".ini", ".cfg", ".toml", ".mk", ".pth"))
+
+
 def crosses(path: str, workdir: str = "") -> bool:
     """Whether a changed path of the agent's container is carried into the verifier's: an
-    allow-list of roots (the work dir, ``DATA_ROOTS``, ``TOOLCHAIN_CROSSES``), minus scratch,
-    the verifier's ground and the toolchain, and minus every entry of a directory above the
-    verifier's files or the work dir (``above_verifier``) but the path down to them and the
-    named roots: nothing of the agent's sits where a verifier's tool looks for configuration."""
+    allow-list of roots (the work dir, ``DATA_ROOTS``, ``TOOLCHAIN_CROSSES``; at ``/`` nothing
+    else), minus scratch, the verifier's ground and the toolchain, and minus what a
+    verifier's tool would read as configuration because of where it is: a ``config_like``
+    entry of a directory above the verifier's files or the work dir (``above_verifier``),
+    other than the path down to them."""
     p = "/" + path.strip("/")
     wd = "/" + workdir.strip("/") if workdir.strip("/") else ""
     named = DATA_ROOTS + TOOLCHAIN_CROSSES + ((wd,) if wd else ())
@@ -117,8 +131,8 @@ def crosses(path: str, workdir: str = "") -> bool:
     if _under(p, TOOLCHAIN) and not _under(p, TOOLCHAIN_CROSSES + ((wd,) if wd else ())):
         return False
     above = above_verifier(workdir)
-    parent = p.rsplit("/", 1)[0] or "/"
-    return parent not in above or p in above or p in named
+    parent, name = p.rsplit("/", 1)
+    return (parent or "/") not in above or p in above or p in named or not config_like(name)
 
 
 def member_path(parent: str, name: str) -> str:
