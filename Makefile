@@ -34,10 +34,12 @@ setup: $(VENV)/.installed $(VENV)/.system
 train: setup
 	$(VENV)/bin/echo-rl train configs/tiny.yaml $(ARGS)
 
-# Two workers (one per core), each taking whole files (module fixtures stay whole); every
-# test has a timeout (pyproject: pytest-timeout); skip reasons are printed, and with CI set
-# a skip outside tests/conftest.py's ALLOWED_SKIPS fails the run.
-PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile -rfEs
+# One process: the suite's training runs, Slurm jobs and fleets bind fixed rendezvous ports
+# and share one Podman, and two xdist workers collided on them (EADDRINUSE); `ARGS="-n 2
+# --dist loadfile"` runs a family that is free of that in two workers. Every test has a
+# timeout (pyproject: pytest-timeout); failures, errors and skip reasons are printed, and
+# with CI set a skip outside tests/conftest.py's ALLOWED_SKIPS fails the run.
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider -rfEs
 test: setup
 	@bash tools/podman_setup.sh >/dev/null
 	@bash tools/slurm_local.sh >/dev/null

@@ -420,6 +420,8 @@ def scaled(hf, factor: float):
     return hf
 
 
+@pytest.mark.vllm
+@pytest.mark.slow
 def test_vllm_server_engine_against_a_live_server(server):
     """Token ids in, token ids + log-probs out; weights through a shared directory and
     /collective_rpc (engine.weight_transport=filesystem)."""
@@ -444,6 +446,8 @@ def test_vllm_server_engine_against_a_live_server(server):
     engine.close()
 
 
+@pytest.mark.vllm
+@pytest.mark.slow
 def test_vllm_server_engine_readmits_a_server_that_comes_back_only_with_the_new_version(server, capfd):
     """A server lost and back (a loopback forwarder to the live server, stopped and started
     again: the "second server" needs no second vLLM start): dropped at its first failed
@@ -490,6 +494,8 @@ def test_vllm_server_engine_readmits_a_server_that_comes_back_only_with_the_new_
         fwd.stop()
 
 
+@pytest.mark.vllm
+@pytest.mark.slow
 def test_vllm_server_takes_weights_over_a_process_group_and_fails_fast_when_one_dies(server):
     """engine.weight_transport=dist: the gloo backend registered through vLLM's plugin entry
     point, buckets broadcast to the server's worker, no directory written; a bad checksum is

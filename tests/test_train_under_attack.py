@@ -61,7 +61,7 @@ def test_training_survives_every_attack(backend, tmp_path, task_rootfs, monkeypa
 
     cfg = load_config(str(ROOT / "configs/tiny.yaml"), [
         f"run.output_dir={tmp_path / 'run'}", "run.steps=2", "model.load=''", "model.warmstart_steps=0",
-        "rollout.tasks_per_step=9", "rollout.group_size=2", "rollout.max_turns=3", "rollout.infra_retries=0",
+        "rollout.tasks_per_step=10", "rollout.group_size=2", "rollout.max_turns=3", "rollout.infra_retries=0",
         "rollout.max_tokens_per_turn=2048", "rollout.max_context_tokens=8192", "learner.micro_batch_tokens=8192",
         "rollout.max_concurrent_episodes=6",
         "eval.every=0", "tasks.families=[text_replace,python_fix,csv_sum,find_large]", f"sandbox.backend={backend}",
