@@ -195,6 +195,10 @@ def test_unmapped_image_fails_with_one_line_naming_it(tmp_path):
     public = "registry.example.invalid/no-stand-in/base:1"  # no stand-in is tagged under this name
     (tmp_path / "t" / "Dockerfile").write_text(f"FROM {public}\nWORKDIR /app\n")
     task = load_task(tmp_path / "t")
+    try:  # an earlier run's mapped build tagged the stand-in under this name (the control below)
+        b.client.images.remove(public)
+    except Exception:  # noqa: BLE001 - not there
+        pass
     with pytest.raises(SandboxError, match=r"registry.example.invalid/no-stand-in/base:1.*sandbox.image_map"):
         b.start(task=task)
     mapped = DockerBackend(SandboxConfig(backend="docker", image_map={public: "ubuntu:24.04"}))
