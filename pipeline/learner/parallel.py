@@ -49,6 +49,12 @@ def init_parallel(tp: int, pp: int, *, backend: str = "auto", seed: int = 1234, 
         apply_cpu_patches()
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        if "MASTER_PORT" not in os.environ and os.environ.get("WORLD_SIZE", "1") == "1":
+            import socket
+
+            with socket.socket() as sock:  # one process: any free port, so runs side by side never collide
+                sock.bind(("127.0.0.1", 0))
+                os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
         os.environ.setdefault("MASTER_PORT", "29517")
         os.environ.setdefault("RANK", "0")
         os.environ.setdefault("WORLD_SIZE", "1")
